@@ -1,0 +1,123 @@
+// The only file that knows pybind11: it unpacks Python arguments into plain data and calls the
+// core. Checks here only guard memory safety (a node's parameter count); every user-facing
+// validation and error message lives in pylr/ (Python).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel.hpp"
+#include "schedule.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using pylr::ScheduleKind;
+using pylr::ScheduleNode;
+// pybind11 holders cannot be pointers to const; nodes are immutable all the same (no setters).
+using NodePtr = std::shared_ptr<ScheduleNode>;
+using StepArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+NodePtr make_node(int kind, std::vector<double> params, std::vector<double> points,
+                  std::vector<NodePtr> children) {
+    if (kind < 0 || kind >= pylr::kScheduleKindCount) {
+        throw py::value_error("unknown schedule kind " + std::to_string(kind));
+    }
+    const auto k = static_cast<ScheduleKind>(kind);
+    if (static_cast<int>(params.size()) != pylr::schedule_param_count(k)) {
+        throw py::value_error("schedule kind " + std::to_string(kind) + " takes " +
+                              std::to_string(pylr::schedule_param_count(k)) + " parameters");
+    }
+    const bool composite = k == ScheduleKind::Sequence || k == ScheduleKind::Product ||
+                           k == ScheduleKind::Warmup || k == ScheduleKind::Scale;
+    const std::size_t want_children = k == ScheduleKind::Sequence ? points.size() + 1
+                                      : (k == ScheduleKind::Warmup || k == ScheduleKind::Scale)
+                                          ? 1
+                                          : children.size();
+    if (composite ? (children.empty() || children.size() != want_children) : !children.empty()) {
+        throw py::value_error("wrong number of child schedules");
+    }
+    for (const auto& c : children) {
+        if (!c) throw py::value_error("child schedule is None");
+    }
+    std::vector<std::shared_ptr<const ScheduleNode>> kids(children.begin(), children.end());
+    return std::make_shared<ScheduleNode>(k, std::move(params), std::move(points),
+                                          std::move(kids));
+}
+
+py::array_t<double> fill_from_steps(const ScheduleNode& node, const StepArray& steps,
+                                    bool momentum) {
+    py::array_t<double> out(steps.size());
+    const double* in = steps.data();
+    double* dst = out.mutable_data();
+    const auto n = static_cast<std::size_t>(steps.size());
+    {
+        py::gil_scoped_release release;
+        pylr::schedule_fill(node, in, dst, n, momentum);
+    }
+    return out.reshape(std::vector<py::ssize_t>(steps.shape(), steps.shape() + steps.ndim()));
+}
+
+py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool momentum) {
+    if (n < 0) throw py::value_error("n must be >= 0");
+    py::array_t<double> out(n);
+    double* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        pylr::schedule_fill_range(node, dst, static_cast<std::size_t>(n), momentum);
+    }
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pylr's C++ core: closed-form schedules and the thread pool (no torch inside).";
+
+    py::class_<ScheduleNode, NodePtr>(m, "ScheduleNode")
+        .def(py::init(&make_node), py::arg("kind"), py::arg("params"), py::arg("points"),
+             py::arg("children"))
+        .def("value", &ScheduleNode::value, py::arg("t"))
+        .def("momentum", &ScheduleNode::momentum, py::arg("t"))
+        .def_property_readonly("has_momentum", &ScheduleNode::has_momentum)
+        .def_property_readonly("kind", [](const ScheduleNode& s) { return static_cast<int>(s.kind()); })
+        .def_property_readonly("params", &ScheduleNode::params)
+        .def_property_readonly("points", &ScheduleNode::points)
+        .def(
+            "values",
+            [](const ScheduleNode& s, const StepArray& steps) {
+                return fill_from_steps(s, steps, false);
+            },
+            py::arg("steps"))
+        .def(
+            "momentum_values",
+            [](const ScheduleNode& s, const StepArray& steps) {
+                return fill_from_steps(s, steps, true);
+            },
+            py::arg("steps"))
+        .def(
+            "values_range", [](const ScheduleNode& s, py::ssize_t n) { return fill_range(s, n, false); },
+            py::arg("n"))
+        .def(
+            "momentum_values_range",
+            [](const ScheduleNode& s, py::ssize_t n) { return fill_range(s, n, true); },
+            py::arg("n"));
+
+    m.def(
+        "warm_restart_position",
+        [](double t_0, double t_mult, double t) {
+            const auto pos = pylr::warm_restart_position(t_0, t_mult, t);
+            return std::make_pair(pos.t_cur, pos.t_i);
+        },
+        py::arg("T_0"), py::arg("T_mult"), py::arg("t"),
+        "(T_cur, T_i) of cosine annealing with warm restarts at step t.");
+    m.def("get_num_threads", &pylr::get_num_threads,
+          "Threads the pool uses, the caller included.");
+    m.def(
+        "set_num_threads", [](int n) { pylr::set_num_threads(n); }, py::arg("n"),
+        "Sets the pool's thread count (n >= 1).");
+}

@@ -1,0 +1,856 @@
+"""Drop-in replacements for ``torch.optim.lr_scheduler``, computed by pylr's C++ closed forms.
+
+Each class has torch 2.13's name, constructor signature, defaults and validation (plus checks
+torch lacks: a zero period raises ``ValueError`` here instead of ``ZeroDivisionError`` later),
+subclasses ``torch.optim.lr_scheduler.LRScheduler`` so other libraries' ``isinstance`` checks
+hold, keeps torch's attributes (``base_lrs``, ``last_epoch``, ``initial_lr`` in the groups, ...)
+and exchanges ``state_dict()`` with the torch class of the same name.
+
+What differs by design: the lr of group ``i`` at ``last_epoch = t`` is always the closed form
+``f_i(t)``. torch's chainable schedulers (ExponentialLR, CosineAnnealingLR, LinearLR,
+PolynomialLR, ...) instead update ``group["lr"]`` recursively, so in torch an lr edited by hand
+between steps is carried forward, and resuming with ``last_epoch=k`` keeps the group's current lr
+for one step. pylr overwrites a hand-edited lr at the next ``step()`` and, resumed with
+``last_epoch=k``, gives exactly the lrs of a fresh scheduler stepped ``k + 1`` times. To change
+the schedule mid-run, build a new scheduler (or use ``ScheduleLR`` with a new schedule).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from collections.abc import Sequence as SequenceABC
+from typing import Any
+
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim import lr_scheduler as _torch
+
+from pylr import _core, schedules
+from pylr.schedules import Schedule, one_cycle_node
+
+__all__ = [
+    "ChainedScheduler",
+    "ConstantLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "ExponentialLR",
+    "LRScheduler",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "MultiplicativeLR",
+    "OneCycleLR",
+    "PolynomialLR",
+    "ReduceLROnPlateau",
+    "ScheduleLR",
+    "SequentialLR",
+    "StepLR",
+]
+
+LRScheduler = _torch.LRScheduler
+
+
+def _set_group_value(group: dict[str, Any], key: str, value: float) -> None:
+    """Write an lr or momentum into a param group, in place when it is a Tensor (as torch does)."""
+    if isinstance(group[key], Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
+
+
+def _group_values(optimizer: Optimizer, key: str) -> list[Any]:
+    return [
+        g[key].clone() if isinstance(g[key], Tensor) else g[key] for g in optimizer.param_groups
+    ]
+
+
+def _per_group(name: str, optimizer: Optimizer, value: Any) -> list[Any]:
+    """torch's _format_param: one value for every group, or a list with one per group."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(optimizer.param_groups):
+            raise ValueError(
+                f"{name} must have the same length as optimizer.param_groups. {name} has "
+                f"{len(value)} values, param_groups has {len(optimizer.param_groups)}."
+            )
+        return list(value)
+    return [value] * len(optimizer.param_groups)
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
+
+
+def _momentum_key(optimizer: Optimizer) -> str:
+    """'betas' for Adam-like optimizers (beta1 is cycled), else 'momentum'; as torch decides."""
+    if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+        raise ValueError(
+            "optimizer must support momentum or beta1 with `cycle_momentum` option enabled"
+        )
+    return "betas" if "betas" in optimizer.defaults else "momentum"
+
+
+def _write_momentum(group: dict[str, Any], use_beta1: bool, value: float) -> None:
+    if use_beta1:
+        group["betas"] = (value, *group["betas"][1:])
+    else:
+        group["momentum"] = value
+
+
+class _ClosedForm(_torch.LRScheduler):
+    """Base of the schedulers whose lr at ``last_epoch = t`` is a C++ closed form per group.
+
+    Subclasses implement ``_build_nodes(base_lrs)``, returning one C++ schedule node per group
+    (absolute lrs), built from the attributes torch's class of the same name keeps — so a state
+    dict from either class rebuilds the same nodes. Nodes are built on first use and again after
+    ``load_state_dict``. Where the schedule defines momentum and ``cycle_momentum`` is on, the
+    momentum (or ``betas[0]``) of each group is written at every step, as torch does.
+    """
+
+    _nodes: list[Any] | None = None
+    _private = ("_nodes",)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _ensure_nodes(self) -> list[Any]:
+        nodes = self._nodes
+        if nodes is None:
+            nodes = self._build_nodes([float(b) for b in self.base_lrs])
+            self._nodes = nodes
+        return nodes
+
+    def _writes_momentum(self) -> bool:
+        return bool(getattr(self, "cycle_momentum", False))
+
+    def _values_at(self, t: float) -> list[float]:
+        nodes = self._ensure_nodes()
+        if self._writes_momentum():
+            for group, node in zip(self.optimizer.param_groups, nodes, strict=True):
+                _write_momentum(group, self.use_beta1, node.momentum(t))
+        return [node.value(t) for node in nodes]
+
+    def get_lr(self) -> list[float]:
+        """The lr of each group at ``last_epoch`` (the closed form; see the module notes)."""
+        if not self._get_lr_called_within_step:
+            warnings.warn(
+                "To get the last learning rate computed by the scheduler, please use "
+                "`get_last_lr()`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        return self._values_at(self.last_epoch)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        return self._values_at(self.last_epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            k: v for k, v in self.__dict__.items() if k != "optimizer" and k not in self._private
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.__dict__.update(state_dict)
+        self._nodes = None
+
+
+def _validate(factory: Callable[..., Schedule], *args: Any, **kwargs: Any) -> None:
+    """Construct a pure schedule once so that bad arguments raise, naming themselves, up front."""
+    factory(*args, **kwargs)
+
+
+class StepLR(_ClosedForm):
+    """Decays each group's lr by ``gamma`` every ``step_size`` epochs:
+    ``lr = base_lr * gamma ** (last_epoch // step_size)``."""
+
+    def __init__(
+        self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
+    ) -> None:
+        _validate(schedules.Step, step_size, gamma)
+        self.step_size = step_size
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [schedules.Step(self.step_size, self.gamma, b)._node for b in base_lrs]
+
+
+class MultiStepLR(_ClosedForm):
+    """Decays each group's lr by ``gamma`` at every milestone:
+    ``lr = base_lr * gamma ** bisect_right(milestones, last_epoch)`` (repeats compound)."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        milestones: Iterable[int],
+        gamma: float = 0.1,
+        last_epoch: int = -1,
+    ) -> None:
+        marks = list(milestones)
+        _validate(schedules.MultiStep, marks, gamma)
+        self.milestones = Counter(marks)
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        marks = sorted(self.milestones.elements())
+        return [schedules.MultiStep(marks, self.gamma, b)._node for b in base_lrs]
+
+
+class ConstantLR(_ClosedForm):
+    """``lr = base_lr * factor`` until ``total_iters``, then ``base_lr``."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        factor: float = 1.0 / 3,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
+        if factor > 1.0 or factor < 0:
+            raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
+        schedules._int("total_iters", total_iters)
+        self.factor = factor
+        self.total_iters = total_iters
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [
+            schedules.sequence(
+                [schedules.Constant(b * self.factor), schedules.Constant(b)], [self.total_iters]
+            )._node
+            for b in base_lrs
+        ]
+
+
+class LinearLR(_ClosedForm):
+    """``lr = base_lr * (start + (end - start) * min(last_epoch, total_iters) / total_iters)``."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
+        if start_factor > 1.0 or start_factor <= 0:
+            raise ValueError(
+                "Starting multiplicative factor expected to be greater than 0 and less or "
+                "equal to 1."
+            )
+        if end_factor > 1.0 or end_factor < 0:
+            raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
+        _validate(schedules.Linear, start_factor, end_factor, total_iters)
+        self.start_factor = start_factor
+        self.end_factor = end_factor
+        self.total_iters = total_iters
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [
+            schedules.Linear(self.start_factor, self.end_factor, self.total_iters, b)._node
+            for b in base_lrs
+        ]
+
+
+class ExponentialLR(_ClosedForm):
+    """``lr = base_lr * gamma ** last_epoch``."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
+        _validate(schedules.Exponential, gamma)
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [schedules.Exponential(self.gamma, b)._node for b in base_lrs]
+
+
+class PolynomialLR(_ClosedForm):
+    """``lr = base_lr * (1 - min(last_epoch, total_iters) / total_iters) ** power``."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_iters: int = 5,
+        power: float = 1.0,
+        last_epoch: int = -1,
+    ) -> None:
+        _validate(schedules.Polynomial, total_iters, power)
+        self.total_iters = total_iters
+        self.power = power
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [schedules.Polynomial(self.total_iters, self.power, b)._node for b in base_lrs]
+
+
+class CosineAnnealingLR(_ClosedForm):
+    """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * last_epoch / T_max)) / 2``,
+    periodic past ``T_max`` exactly like torch's."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_max: int,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        _validate(schedules.Cosine, T_max, eta_min)
+        self.T_max = T_max
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [schedules.Cosine(self.T_max, self.eta_min, b)._node for b in base_lrs]
+
+
+class CosineAnnealingWarmRestarts(_ClosedForm):
+    """SGDR: ``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``, restarting
+    after ``T_0``, ``T_0 * T_mult``, ... epochs. ``step(epoch)`` takes fractional epochs."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        T_0: int,
+        T_mult: int = 1,
+        eta_min: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        if T_0 <= 0 or not isinstance(T_0, int):
+            raise ValueError(f"Expected positive integer T_0, but got {T_0}")
+        if T_mult < 1 or not isinstance(T_mult, int):
+            raise ValueError(f"Expected integer T_mult >= 1, but got {T_mult}")
+        if not isinstance(eta_min, (float, int)):
+            raise ValueError(
+                f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}"
+            )
+        _validate(schedules.CosineWarmRestarts, T_0, T_mult, eta_min)
+        self.T_0 = T_0
+        self.T_i = T_0
+        self.T_mult = T_mult
+        self.eta_min = eta_min
+        self.T_cur = last_epoch
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        return [
+            schedules.CosineWarmRestarts(self.T_0, self.T_mult, self.eta_min, b)._node
+            for b in base_lrs
+        ]
+
+    def _position(self) -> float:
+        """The (possibly fractional) epoch the scheduler stands at, from torch's state."""
+        return math.floor(self.last_epoch) - math.floor(self.T_cur) + self.T_cur
+
+    def step(self, epoch: float | None = None) -> None:
+        """Advance one epoch, or jump to ``epoch`` (may be fractional, e.g. ``e + i / iters``)."""
+        if epoch is None:
+            t = 0 if self.last_epoch < 0 else self._position() + 1
+        else:
+            if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
+                raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
+            if not epoch >= 0 or not math.isfinite(epoch):
+                raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+            t = epoch
+        self.last_epoch = math.floor(t)
+        self._step_count += 1
+        for group, lr in zip(self.optimizer.param_groups, self._values_at(t), strict=True):
+            _set_group_value(group, "lr", lr)
+        self._last_lr = _group_values(self.optimizer, "lr")
+
+    def _values_at(self, t: float) -> list[float]:
+        t_cur, t_i = _core.warm_restart_position(self.T_0, self.T_mult, float(t))
+        # torch keeps T_cur and T_i as ints while the epochs are whole
+        self.T_cur = int(t_cur) if t_cur.is_integer() else t_cur
+        self.T_i = int(t_i) if t_i.is_integer() else t_i
+        return [node.value(t) for node in self._ensure_nodes()]
+
+
+class CyclicLR(_ClosedForm):
+    """Cyclical learning rates (Smith, 2017), with momentum cycled inversely.
+
+    ``lr = base_lr + (max_lr - base_lr) * h(t) * s`` with ``h`` the triangle wave and ``s`` the
+    mode's scale (``1``, ``1 / 2**(cycle - 1)``, ``gamma**t``) or the user's ``scale_fn`` — the
+    one part that runs in Python.
+    """
+
+    _private = ("_nodes", "_triangle", "_step_sizes")
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        base_lr: float | list[float],
+        max_lr: float | list[float],
+        step_size_up: int = 2000,
+        step_size_down: int | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        scale_fn: Callable[[float], float] | None = None,
+        scale_mode: str = "cycle",
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer)
+        self.optimizer = optimizer
+        base_lrs = _per_group("base_lr", optimizer, base_lr)
+        max_lrs = _per_group("max_lr", optimizer, max_lr)
+        if mode not in ("triangular", "triangular2", "exp_range") and scale_fn is None:
+            raise ValueError("mode is invalid and scale_fn is None")
+        if scale_fn is not None and not callable(scale_fn):
+            raise TypeError(f"scale_fn must be callable, got {type(scale_fn).__name__}")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        base_momentums = _per_group("base_momentum", optimizer, base_momentum)
+        max_momentums = _per_group("max_momentum", optimizer, max_momentum)
+        for i, (b, m, bm, mm) in enumerate(
+            zip(base_lrs, max_lrs, base_momentums, max_momentums, strict=True)
+        ):
+            _validate(
+                schedules.Cyclic,
+                schedules._real(f"base_lr[{i}]", float(b)),
+                schedules._real(f"max_lr[{i}]", float(m)),
+                step_size_up,
+                step_size_down,
+                mode if scale_fn is None else "triangular",
+                gamma,
+                schedules._real(f"base_momentum[{i}]", bm),
+                schedules._real(f"max_momentum[{i}]", mm),
+            )
+        if last_epoch == -1:
+            for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
+                _set_group_value(group, "lr", lr)
+        self.max_lrs = max_lrs
+        up = float(step_size_up)
+        down = float(step_size_down) if step_size_down is not None else up
+        self._step_sizes = (up, down)
+        self.total_size = up + down
+        self.step_ratio = up / self.total_size
+        self.mode = mode
+        self.gamma = gamma
+        self._scale_fn_custom = scale_fn
+        # torch forces the scale mode of the built-in modes
+        self.scale_mode = {"triangular": "cycle", "triangular2": "cycle"}.get(
+            mode, "iterations" if mode == "exp_range" else scale_mode
+        )
+        if scale_fn is not None:
+            self.scale_mode = scale_mode
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self.use_beta1 = _momentum_key(optimizer) == "betas"
+            self.base_momentums = base_momentums
+            self.max_momentums = max_momentums
+            if last_epoch == -1:
+                for mm, bm, group in zip(
+                    max_momentums, base_momentums, optimizer.param_groups, strict=True
+                ):
+                    _write_momentum(group, self.use_beta1, mm)
+                    group["max_momentum"] = mm
+                    group["base_momentum"] = bm
+        super().__init__(optimizer, last_epoch)
+        self.base_lrs = base_lrs
+
+    def _cyclic(self, base: float, top: float, base_m: float, max_m: float, mode: str) -> Any:
+        up, down = getattr(self, "_step_sizes", None) or (
+            self.total_size * self.step_ratio,
+            self.total_size * (1 - self.step_ratio),
+        )
+        return schedules.Cyclic(base, top, up, down, mode, self.gamma, base_m, max_m)._node
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        cycling = self.cycle_momentum
+        momenta = (
+            zip(self.base_momentums, self.max_momentums, strict=True)
+            if cycling
+            else [(0.0, 0.0)] * len(base_lrs)
+        )
+        mode = self.mode if self._scale_fn_custom is None else "triangular"
+        nodes = [
+            self._cyclic(float(b), float(m), float(bm), float(mm), mode)
+            for b, m, (bm, mm) in zip(base_lrs, self.max_lrs, momenta, strict=True)
+        ]
+        # the unit triangle h(t): 0 + (1 - 0) * h * 1
+        self._triangle = self._cyclic(0.0, 1.0, 0.0, 0.0, "triangular")
+        return nodes
+
+    def _values_at(self, t: float) -> list[float]:
+        if self._scale_fn_custom is None:
+            return super()._values_at(t)
+        self._ensure_nodes()
+        h = self._triangle.value(t)
+        scale = self._scale_fn_custom(
+            math.floor(1 + t / self.total_size) if self.scale_mode == "cycle" else t
+        )
+        lrs = [b + (m - b) * h * scale for b, m in zip(self.base_lrs, self.max_lrs, strict=True)]
+        if self.cycle_momentum:
+            for group, bm, mm in zip(
+                self.optimizer.param_groups, self.base_momentums, self.max_momentums, strict=True
+            ):
+                _write_momentum(group, self.use_beta1, mm - (mm - bm) * h * scale)
+        return lrs
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        fn = state.pop("_scale_fn_custom")
+        state["_scale_fn_custom"] = None
+        if fn is not None and not isinstance(fn, type(lambda: None)):
+            state["_scale_fn_custom"] = fn.__dict__.copy()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        fn = state.pop("_scale_fn_custom", None)
+        state.pop("_scale_fn_ref", None)
+        super().load_state_dict(state)
+        self._step_sizes = None
+        if fn is not None and self._scale_fn_custom is not None:
+            self._scale_fn_custom.__dict__.update(fn)
+
+
+class OneCycleLR(_ClosedForm):
+    """The 1cycle policy (Smith & Topin, 2018), with momentum cycled inversely; see
+    :class:`pylr.schedules.OneCycle` for the formula. Stepping past ``total_steps`` raises
+    ``ValueError`` as in torch; at ``total_steps`` the last phase is extrapolated as in torch."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        max_lr: float | list[float],
+        total_steps: int | None = None,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        cycle_momentum: bool = True,
+        base_momentum: float | list[float] = 0.85,
+        max_momentum: float | list[float] = 0.95,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer)
+        self.optimizer = optimizer
+        if total_steps is not None:
+            if total_steps <= 0 or not isinstance(total_steps, int):
+                raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
+            self.total_steps = total_steps
+        elif epochs is not None and steps_per_epoch is not None:
+            if not isinstance(epochs, int) or epochs <= 0:
+                raise ValueError(f"Expected positive integer epochs, but got {epochs}")
+            if not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0:
+                raise ValueError(
+                    f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}"
+                )
+            self.total_steps = epochs * steps_per_epoch
+        else:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+        if pct_start < 0 or pct_start > 1 or not isinstance(pct_start, float):
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+        if anneal_strategy not in ["cos", "linear"]:
+            raise ValueError(
+                f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy}"
+            )
+        max_lrs = _per_group("max_lr", optimizer, max_lr)
+        max_momentums = _per_group("max_momentum", optimizer, max_momentum)
+        base_momentums = _per_group("base_momentum", optimizer, base_momentum)
+        for i, (m, bm, mm) in enumerate(zip(max_lrs, base_momentums, max_momentums, strict=True)):
+            _validate(
+                schedules.OneCycle,
+                schedules._real(f"max_lr[{i}]", float(m)),
+                self.total_steps,
+                pct_start,
+                anneal_strategy,
+                div_factor,
+                final_div_factor,
+                three_phase,
+                schedules._real(f"base_momentum[{i}]", bm),
+                schedules._real(f"max_momentum[{i}]", mm),
+            )
+        ends = schedules._one_cycle_phase_ends(self.total_steps, pct_start, three_phase)
+        names = (
+            [
+                ("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                ("max_lr", "initial_lr", "base_momentum", "max_momentum"),
+                ("initial_lr", "min_lr", "max_momentum", "max_momentum"),
+            ]
+            if three_phase
+            else [
+                ("initial_lr", "max_lr", "max_momentum", "base_momentum"),
+                ("max_lr", "min_lr", "base_momentum", "max_momentum"),
+            ]
+        )
+        self._schedule_phases = [
+            {"end_step": e, "start_lr": a, "end_lr": b, "start_momentum": c, "end_momentum": d}
+            for e, (a, b, c, d) in zip(ends, names, strict=True)
+        ]
+        self._anneal_func_type = anneal_strategy
+        if last_epoch == -1:
+            for m, group in zip(max_lrs, optimizer.param_groups, strict=True):
+                group["initial_lr"] = m / div_factor
+                group["max_lr"] = m
+                group["min_lr"] = group["initial_lr"] / final_div_factor
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            self.use_beta1 = _momentum_key(optimizer) == "betas"
+            if last_epoch == -1:
+                for mm, bm, group in zip(
+                    max_momentums, base_momentums, optimizer.param_groups, strict=True
+                ):
+                    _write_momentum(group, self.use_beta1, mm)
+                    group["max_momentum"] = mm
+                    group["base_momentum"] = bm
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        ends = [float(p["end_step"]) for p in self._schedule_phases]
+        return [
+            one_cycle_node(
+                initial_lr=float(g["initial_lr"]),
+                max_lr=float(g["max_lr"]),
+                min_lr=float(g["min_lr"]),
+                phase_ends=ends,
+                anneal_strategy=self._anneal_func_type,
+                base_momentum=float(g.get("base_momentum", 0.0)),
+                max_momentum=float(g.get("max_momentum", 0.0)),
+                extrapolate=True,
+            )
+            for g in self.optimizer.param_groups
+        ]
+
+    def _values_at(self, t: float) -> list[float]:
+        if t > self.total_steps:
+            raise ValueError(
+                f"Tried to step {t} times. The specified number of total steps is "
+                f"{self.total_steps}"
+            )
+        return super()._values_at(t)
+
+
+class ScheduleLR(_ClosedForm):
+    """Drive an optimizer's groups from :mod:`pylr.schedules` objects.
+
+    ``schedule`` is one schedule for every group — a factor on each group's initial lr,
+    ``lr_i = initial_lr_i * schedule(t)`` — or a list with one schedule per group, giving
+    absolute lrs. Where the schedule defines momentum (Cyclic, OneCycle) and ``cycle_momentum``
+    is on, each group's ``momentum`` (or ``betas[0]``) is set to it at every step.
+
+    Example::
+
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = ScheduleLR(opt, warmup(Cosine(T_max=900), steps=100))
+    """
+
+    _private = ("_nodes", "_schedules")
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: Schedule | SequenceABC[Schedule],
+        cycle_momentum: bool = True,
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer)
+        if isinstance(schedule, Schedule):
+            self._relative = True
+            self._schedules: list[Schedule] = [schedule]
+        else:
+            items = schedules._schedule_list("schedule", schedule)
+            if len(items) != len(optimizer.param_groups):
+                raise ValueError(
+                    f"schedule has {len(items)} schedules for "
+                    f"{len(optimizer.param_groups)} param groups"
+                )
+            self._relative = False
+            self._schedules = list(items)
+        has_momentum = all(s.has_momentum for s in self._schedules)
+        self.cycle_momentum = bool(cycle_momentum) and has_momentum
+        if self.cycle_momentum:
+            self.use_beta1 = _momentum_key(optimizer) == "betas"
+        super().__init__(optimizer, last_epoch)
+
+    def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
+        if self._relative:
+            return [(b * self._schedules[0])._node for b in base_lrs]
+        return [s._node for s in self._schedules]
+
+
+class SequentialLR(_torch.SequentialLR):
+    """torch's SequentialLR over pylr schedulers — and, beyond torch, a ``ReduceLROnPlateau`` as
+    the last scheduler, so plateau reduction can follow a warmup.
+
+    Once the plateau scheduler is active, ``step(metrics)`` forwards ``metrics`` to it; from its
+    milestone on, the groups start again from their initial lrs. Before it, ``metrics`` may be
+    given and is ignored.
+
+    Example::
+
+        warm = LinearLR(opt, start_factor=0.01, total_iters=5)
+        plateau = ReduceLROnPlateau(opt, patience=3)
+        sched = SequentialLR(opt, [warm, plateau], milestones=[5])
+        for epoch in range(epochs):
+            ...
+            sched.step(val_loss)
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedulers: list[Any],
+        milestones: list[int],
+        last_epoch: int = -1,
+    ) -> None:
+        _check_optimizer(optimizer)
+        scheds = list(schedulers)
+        plateau = None
+        if scheds and isinstance(scheds[-1], _torch.ReduceLROnPlateau):
+            plateau = scheds.pop()
+            if plateau.optimizer is not optimizer:
+                raise ValueError(
+                    "SequentialLR expects all schedulers to belong to the same optimizer, but "
+                    "the ReduceLROnPlateau at the end has a different one."
+                )
+            if not scheds:
+                raise ValueError("SequentialLR needs a scheduler before the ReduceLROnPlateau")
+        marks = list(milestones)
+        schedules._milestones("milestones", marks, strict=True)
+        if plateau is not None:
+            if len(marks) != len(scheds):
+                raise ValueError(
+                    "Sequential Schedulers expects number of schedulers provided to be one more "
+                    f"than the number of milestone points, but got number of schedulers "
+                    f"{len(scheds) + 1} and the number of milestones to be equal to {len(marks)}"
+                )
+            self._plateau = plateau
+            self._plateau_start = marks[-1]
+            marks = marks[:-1]
+        else:
+            self._plateau = None
+            self._plateau_start = None
+        super().__init__(optimizer, scheds, marks, last_epoch)
+
+    def step(self, metrics: Any = None) -> None:  # type: ignore[override]
+        """Advance one step; ``metrics`` feeds the ReduceLROnPlateau once it is active."""
+        start = self._plateau_start
+        if start is None or self.last_epoch + 1 < start:
+            super().step()
+            return
+        if metrics is None:
+            raise ValueError(
+                f"SequentialLR.step() needs metrics: the ReduceLROnPlateau is active from "
+                f"step {start}"
+            )
+        self.last_epoch += 1
+        if self.last_epoch == start:
+            for group in self.optimizer.param_groups:
+                _set_group_value(group, "lr", group["initial_lr"])
+        self._plateau.step(metrics)
+        self._last_lr = _group_values(self.optimizer, "lr")
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.pop("_plateau", None)
+        if self._plateau is not None:
+            state["_plateau_state"] = self._plateau.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        plateau_state = state.pop("_plateau_state", None)
+        plateau = self._plateau
+        super().load_state_dict(state)
+        self._plateau = plateau
+        if plateau is not None and plateau_state is not None:
+            plateau.load_state_dict(plateau_state)
+
+
+class ChainedScheduler(_torch.ChainedScheduler):
+    """Several schedulers at once; each group's lr is ``initial_lr * prod_k (lr_k / initial_lr)``
+    where ``lr_k`` is scheduler ``k``'s closed-form lr.
+
+    This equals torch's recursive ChainedScheduler whenever every member is multiplicative
+    (StepLR, MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, CosineAnnealingLR
+    with ``eta_min=0``, LambdaLR). With an absolute member (CyclicLR, OneCycleLR, warm restarts,
+    cosine with a floor) torch's result depends on the order of the members' recursive updates;
+    pylr's stays the product.
+    """
+
+    def __init__(self, schedulers: SequenceABC[Any], optimizer: Optimizer | None = None) -> None:
+        super().__init__(schedulers, optimizer)
+        self._apply_product()
+
+    def _apply_product(self) -> None:
+        lrs = []
+        for i, group in enumerate(self.optimizer.param_groups):
+            base = float(group["initial_lr"])
+            lr = base
+            for s in self._schedulers:
+                lr *= float(s.get_last_lr()[i]) / base if base != 0.0 else 0.0
+            lrs.append(lr)
+            _set_group_value(group, "lr", lr)
+        self._last_lr = _group_values(self.optimizer, "lr")
+
+    def step(self) -> None:
+        for s in self._schedulers:
+            s.step()
+        self._apply_product()
+
+
+class LambdaLR(_torch.LambdaLR):
+    """torch's LambdaLR (``lr = base_lr * lr_lambda(last_epoch)``); the user's callable runs in
+    Python. Checks that every ``lr_lambda`` is callable."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
+        last_epoch: int = -1,
+    ) -> None:
+        fns = lr_lambda if isinstance(lr_lambda, (list, tuple)) else [lr_lambda]
+        for fn in fns:
+            if not callable(fn):
+                raise TypeError(f"lr_lambda should be a function, but got {type(fn).__name__}")
+        super().__init__(optimizer, lr_lambda, last_epoch)
+
+
+class MultiplicativeLR(_torch.MultiplicativeLR):
+    """torch's MultiplicativeLR (``lr *= lr_lambda(last_epoch)``, recursive by definition); the
+    user's callable runs in Python."""
+
+
+class ReduceLROnPlateau(_torch.ReduceLROnPlateau):
+    """torch's ReduceLROnPlateau (modes ``min``/``max``, threshold modes ``rel``/``abs``,
+    cooldown, per-group ``min_lr``, ``eps``), with its arguments checked up front. It can follow a
+    warmup inside :class:`SequentialLR`."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        mode: str = "min",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: list[float] | float = 0,
+        eps: float = 1e-8,
+    ) -> None:
+        schedules._real("factor", factor, gt=0.0)
+        schedules._int("patience", patience)
+        schedules._real("threshold", threshold, ge=0.0)
+        schedules._int("cooldown", cooldown)
+        schedules._real("eps", eps, ge=0.0)
+        for i, m in enumerate(min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
+            schedules._real(
+                f"min_lr[{i}]" if isinstance(min_lr, (list, tuple)) else "min_lr", m, ge=0.0
+            )
+        super().__init__(
+            optimizer, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
+        )

@@ -1,0 +1,927 @@
+"""Learning-rate and momentum schedules as immutable, closed-form functions of the step.
+
+Every schedule is a pure function ``step -> value`` evaluated in C++ (double precision, no state,
+random access at any step ``t >= 0``). Arguments are validated once, at construction, with errors
+that name the argument. Where a class mirrors a ``torch.optim.lr_scheduler`` class its parameters
+keep torch's names and its values follow torch's closed form; the other classes share optax's
+vocabulary (``peak_value``, ``init_value``, ``warmup_steps``, ...).
+
+Example::
+
+    >>> from pylr.schedules import OneCycle, Cosine, warmup
+    >>> s = OneCycle(max_lr=0.1, total_steps=1000)
+    >>> round(s(300), 6), round(s.momentum(300), 6)
+    (0.1, 0.85)
+    >>> w = warmup(Cosine(T_max=900, base_lr=0.1), steps=100)
+    >>> w.values(1000).shape
+    (1000,)
+
+Schedules compose: ``sequence`` runs schedules one after another, ``chain`` (or ``a * b``)
+multiplies them, ``warmup`` puts a warmup in front of any schedule and ``c * schedule`` scales one.
+Each object supports ``__call__``, ``values``, ``momentum``/``momentum_values`` (where defined),
+``to_dict``/``from_dict`` (JSON-safe), equality, hashing and pickling.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+from collections.abc import Iterable
+from collections.abc import Sequence as SequenceABC
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pylr import _core
+
+__all__ = [
+    "Chain",
+    "Constant",
+    "Cosine",
+    "CosineWarmRestarts",
+    "Cyclic",
+    "Exponential",
+    "InverseSqrt",
+    "Linear",
+    "MultiStep",
+    "OneCycle",
+    "Polynomial",
+    "Scaled",
+    "Schedule",
+    "Sequence",
+    "Step",
+    "Warmup",
+    "WarmupCosine",
+    "WarmupStableDecay",
+    "chain",
+    "from_dict",
+    "sequence",
+    "warmup",
+]
+
+_INF = math.inf
+
+# Node kinds; must match ScheduleKind in csrc/schedule.hpp.
+_CONSTANT, _STEP, _MULTISTEP, _EXPONENTIAL, _LINEAR, _POLYNOMIAL, _COSINE = range(7)
+_WARM_RESTARTS, _CYCLIC, _ONE_CYCLE, _INVERSE_SQRT, _WSD, _WARMUP_COSINE = range(7, 13)
+_SEQUENCE, _PRODUCT, _WARMUP, _SCALE = range(13, 17)
+
+_CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
+_ANNEAL_STRATEGIES = ("cos", "linear")
+_DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
+_WARMUP_MODES = ("linear", "constant", "exponential")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checks: one place for every message, so that every schedule words them the same way.
+
+
+def _real(
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> float:
+    """Return ``value`` as a finite float, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    if gt is not None and not v > gt:
+        raise ValueError(f"{name} must be > {gt}, got {v}")
+    if ge is not None and not v >= ge:
+        raise ValueError(f"{name} must be >= {ge}, got {v}")
+    if lt is not None and not v < lt:
+        raise ValueError(f"{name} must be < {lt}, got {v}")
+    if le is not None and not v <= le:
+        raise ValueError(f"{name} must be <= {le}, got {v}")
+    return v
+
+
+def _int(name: str, value: Any, *, ge: int = 0) -> int:
+    """Return ``value`` as an int >= ``ge``, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    v = int(value)
+    if v < ge:
+        raise ValueError(f"{name} must be >= {ge}, got {v}")
+    return v
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _schedule(name: str, value: Any) -> Schedule:
+    if not isinstance(value, Schedule):
+        raise TypeError(f"{name} must be a pylr.schedules.Schedule, got {type(value).__name__}")
+    return value
+
+
+def _schedule_list(name: str, value: Any) -> tuple[Schedule, ...]:
+    if isinstance(value, Schedule) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of schedules, got {type(value).__name__}")
+    items = tuple(value)
+    if not items:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(_schedule(f"{name}[{i}]", s) for i, s in enumerate(items))
+
+
+def _milestones(name: str, value: Any, *, strict: bool) -> tuple[int, ...]:
+    """Non-negative integer milestones in non-decreasing (strict: increasing) order."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list of integers, got {type(value).__name__}")
+    items = tuple(_int(f"{name}[{i}]", m) for i, m in enumerate(value))
+    for i in range(1, len(items)):
+        if items[i] < items[i - 1] or (strict and items[i] == items[i - 1]):
+            order = "increasing" if strict else "sorted in non-decreasing order"
+            raise ValueError(f"{name} must be {order}, got {list(items)}")
+    return items
+
+
+def _steps_array(steps: Any) -> np.ndarray:
+    arr = np.asarray(steps, dtype=np.float64)
+    if arr.size and not (arr.min() >= 0.0 and arr.max() < _INF):
+        raise ValueError("steps must be finite and >= 0")
+    return arr
+
+
+def _is_count(steps: Any) -> bool:
+    return isinstance(steps, numbers.Integral) and not isinstance(steps, bool)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+_REGISTRY: dict[str, type[Schedule]] = {}
+
+
+class Schedule:
+    """Base class: an immutable schedule evaluated in closed form by pylr's C++ core.
+
+    Subclasses list their constructor arguments in ``_fields`` (in positional order), validate
+    them in ``__init__`` and build the C++ node in ``_build``. Everything else — evaluation,
+    equality, hashing, repr, pickling, ``to_dict`` — is shared.
+    """
+
+    __slots__ = ("_node",)
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _node: Any
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _set(self, **fields: Any) -> None:
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_node", self._build())
+
+    def _build(self) -> Any:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def __call__(self, step: float) -> float:
+        """The value at ``step`` (an int or float >= 0)."""
+        try:
+            if 0 <= step < _INF:
+                return self._node.value(step)
+        except TypeError:
+            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
+        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+
+    def values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
+        """Values at many steps in one C++ call: ``steps`` is a count ``n`` (steps ``0..n-1``)
+        or an array of steps. Returns float64 values with the shape of ``steps``."""
+        if _is_count(steps):
+            return self._node.values_range(_int("steps", steps))
+        return self._node.values(_steps_array(steps))
+
+    @property
+    def has_momentum(self) -> bool:
+        """Whether the schedule also defines a momentum (or Adam beta1) schedule."""
+        return self._node.has_momentum
+
+    def momentum(self, step: float) -> float:
+        """The momentum (or Adam beta1) at ``step``, where the schedule defines one."""
+        self._require_momentum()
+        try:
+            if 0 <= step < _INF:
+                return self._node.momentum(step)
+        except TypeError:
+            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
+        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+
+    def momentum_values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
+        """Momentum at many steps; ``steps`` as in :meth:`values`."""
+        self._require_momentum()
+        if _is_count(steps):
+            return self._node.momentum_values_range(_int("steps", steps))
+        return self._node.momentum_values(_steps_array(steps))
+
+    def _require_momentum(self) -> None:
+        if not self._node.has_momentum:
+            raise ValueError(f"{type(self).__name__} defines no momentum schedule")
+
+    # -- composition -------------------------------------------------------------------------
+
+    def __mul__(self, other: Any) -> Schedule:
+        if isinstance(other, Schedule):
+            return Chain([self, other])
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return Scaled(self, other)
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    # -- identity and serialisation ----------------------------------------------------------
+
+    def _key(self) -> tuple[Any, ...]:
+        return (type(self).__name__, *(getattr(self, f) for f in self._fields))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schedule):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), tuple(getattr(self, f) for f in self._fields))
+
+    def __repr__(self) -> str:
+        defaults = _defaults(type(self))
+        parts = []
+        for f in self._fields:
+            v = getattr(self, f)
+            if f in defaults and defaults[f] == v and type(defaults[f]) is type(v):
+                continue
+            parts.append(f"{f}={list(v) if isinstance(v, tuple) else v!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; :func:`from_dict` rebuilds an equal schedule from it."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in self._fields:
+            out[f] = _to_plain(getattr(self, f))
+        return out
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, Schedule):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return [_to_plain(x) for x in v]
+    return v
+
+
+_DEFAULTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    if cls not in _DEFAULTS_CACHE:
+        sig = inspect.signature(cls.__init__)
+        _DEFAULTS_CACHE[cls] = {
+            n: p.default for n, p in sig.parameters.items() if p.default is not p.empty
+        }
+    return _DEFAULTS_CACHE[cls]
+
+
+def from_dict(d: dict[str, Any]) -> Schedule:
+    """Rebuild a schedule from :meth:`Schedule.to_dict` output (e.g. after ``json.loads``)."""
+    if not isinstance(d, dict):
+        raise TypeError(f"schedule spec must be a dict, got {type(d).__name__}")
+    kind = d.get("type")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown schedule type {kind!r}; expected one of {sorted(_REGISTRY)}")
+    unknown = set(d) - {"type", *cls._fields}
+    if unknown:
+        raise ValueError(f"{kind} got unknown fields {sorted(unknown)}")
+    kwargs = {k: v for k, v in d.items() if k != "type"}
+    if "schedule" in kwargs:
+        kwargs["schedule"] = from_dict(kwargs["schedule"])
+    if "schedules" in kwargs:
+        specs = kwargs["schedules"]
+        if not isinstance(specs, list):
+            raise TypeError(f"{kind}.schedules must be a list, got {type(specs).__name__}")
+        kwargs["schedules"] = [from_dict(s) for s in specs]
+    return cls(**kwargs)
+
+
+def _node(kind: int, params: Iterable[float], points: Iterable[float] = (), children=()) -> Any:
+    return _core.ScheduleNode(
+        kind, [float(p) for p in params], [float(p) for p in points], [c._node for c in children]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Families
+
+
+class Constant(Schedule):
+    """``f(t) = value``."""
+
+    __slots__ = ("value",)
+    _fields = ("value",)
+
+    def __init__(self, value: float = 1.0) -> None:
+        self._set(value=_real("value", value))
+
+    def _build(self) -> Any:
+        return _node(_CONSTANT, [self.value])
+
+
+class Step(Schedule):
+    """``f(t) = base_lr * gamma ** floor(t / step_size)`` — torch's StepLR."""
+
+    __slots__ = ("base_lr", "gamma", "step_size")
+    _fields = ("step_size", "gamma", "base_lr")
+
+    def __init__(self, step_size: int, gamma: float = 0.1, base_lr: float = 1.0) -> None:
+        self._set(
+            step_size=_int("step_size", step_size, ge=1),
+            gamma=_real("gamma", gamma, gt=0.0),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_STEP, [self.base_lr, self.step_size, self.gamma])
+
+
+class MultiStep(Schedule):
+    """``f(t) = base_lr * gamma ** (number of milestones <= t)`` — torch's MultiStepLR.
+
+    A milestone listed twice decays twice at that step, as in torch.
+    """
+
+    __slots__ = ("base_lr", "gamma", "milestones")
+    _fields = ("milestones", "gamma", "base_lr")
+
+    def __init__(self, milestones: Iterable[int], gamma: float = 0.1, base_lr: float = 1.0) -> None:
+        self._set(
+            milestones=_milestones("milestones", milestones, strict=False),
+            gamma=_real("gamma", gamma, gt=0.0),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_MULTISTEP, [self.base_lr, self.gamma], self.milestones)
+
+
+class Exponential(Schedule):
+    """``f(t) = base_lr * gamma ** t`` — torch's ExponentialLR."""
+
+    __slots__ = ("base_lr", "gamma")
+    _fields = ("gamma", "base_lr")
+
+    def __init__(self, gamma: float, base_lr: float = 1.0) -> None:
+        self._set(gamma=_real("gamma", gamma, gt=0.0), base_lr=_real("base_lr", base_lr))
+
+    def _build(self) -> Any:
+        return _node(_EXPONENTIAL, [self.base_lr, self.gamma])
+
+
+class Linear(Schedule):
+    """``f(t) = base_lr * (s + (e - s) * min(t, T) / T)`` with ``s = start_factor``,
+    ``e = end_factor``, ``T = total_iters`` — torch's LinearLR."""
+
+    __slots__ = ("base_lr", "end_factor", "start_factor", "total_iters")
+    _fields = ("start_factor", "end_factor", "total_iters", "base_lr")
+
+    def __init__(
+        self,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        base_lr: float = 1.0,
+    ) -> None:
+        self._set(
+            start_factor=_real("start_factor", start_factor, ge=0.0),
+            end_factor=_real("end_factor", end_factor, ge=0.0),
+            total_iters=_int("total_iters", total_iters, ge=1),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_LINEAR, [self.base_lr, self.start_factor, self.end_factor, self.total_iters])
+
+
+class Polynomial(Schedule):
+    """``f(t) = base_lr * (1 - min(t, T) / T) ** power`` with ``T = total_iters`` — torch's
+    PolynomialLR."""
+
+    __slots__ = ("base_lr", "power", "total_iters")
+    _fields = ("total_iters", "power", "base_lr")
+
+    def __init__(self, total_iters: int = 5, power: float = 1.0, base_lr: float = 1.0) -> None:
+        self._set(
+            total_iters=_int("total_iters", total_iters, ge=1),
+            power=_real("power", power, ge=0.0),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_POLYNOMIAL, [self.base_lr, self.total_iters, self.power])
+
+
+class Cosine(Schedule):
+    """``f(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` — torch's
+    CosineAnnealingLR, including its periodic continuation past ``T_max`` (period ``2 T_max``)."""
+
+    __slots__ = ("T_max", "base_lr", "eta_min")
+    _fields = ("T_max", "eta_min", "base_lr")
+
+    def __init__(self, T_max: float, eta_min: float = 0.0, base_lr: float = 1.0) -> None:
+        self._set(
+            T_max=_real("T_max", T_max, gt=0.0),
+            eta_min=_real("eta_min", eta_min),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_COSINE, [self.base_lr, self.T_max, self.eta_min])
+
+
+class CosineWarmRestarts(Schedule):
+    """SGDR — torch's CosineAnnealingWarmRestarts, with fractional steps.
+
+    ``f(t) = eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2`` where the i-th
+    period lasts ``T_i = T_0 * T_mult**i`` and ``T_cur`` is the time since the last restart.
+    """
+
+    __slots__ = ("T_0", "T_mult", "base_lr", "eta_min")
+    _fields = ("T_0", "T_mult", "eta_min", "base_lr")
+
+    def __init__(
+        self,
+        T_0: int,
+        T_mult: int = 1,
+        eta_min: float = 0.0,
+        base_lr: float = 1.0,
+    ) -> None:
+        self._set(
+            T_0=_int("T_0", T_0, ge=1),
+            T_mult=_int("T_mult", T_mult, ge=1),
+            eta_min=_real("eta_min", eta_min),
+            base_lr=_real("base_lr", base_lr),
+        )
+
+    def _build(self) -> Any:
+        return _node(_WARM_RESTARTS, [self.base_lr, self.T_0, self.T_mult, self.eta_min])
+
+
+class Cyclic(Schedule):
+    """Cyclical learning rate (Smith, 2017) — torch's CyclicLR, with its momentum.
+
+    ``f(t) = base_lr + (max_lr - base_lr) * h(t) * s(t)`` where ``h`` is a triangle wave rising
+    over ``step_size_up`` steps and falling over ``step_size_down``, and ``s`` is 1
+    (``triangular``), ``1 / 2**(cycle - 1)`` (``triangular2``) or ``gamma**t`` (``exp_range``).
+    Momentum moves the opposite way: ``max_momentum - (max_momentum - base_momentum) * h * s``.
+    """
+
+    __slots__ = (
+        "base_lr",
+        "base_momentum",
+        "gamma",
+        "max_lr",
+        "max_momentum",
+        "mode",
+        "step_size_down",
+        "step_size_up",
+    )
+    _fields = (
+        "base_lr",
+        "max_lr",
+        "step_size_up",
+        "step_size_down",
+        "mode",
+        "gamma",
+        "base_momentum",
+        "max_momentum",
+    )
+
+    def __init__(
+        self,
+        base_lr: float,
+        max_lr: float,
+        step_size_up: float = 2000,
+        step_size_down: float | None = None,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
+    ) -> None:
+        up = _real("step_size_up", step_size_up, gt=0.0)
+        down = up if step_size_down is None else _real("step_size_down", step_size_down, gt=0.0)
+        self._set(
+            base_lr=_real("base_lr", base_lr),
+            max_lr=_real("max_lr", max_lr),
+            step_size_up=up,
+            step_size_down=down,
+            mode=_choice("mode", mode, _CYCLIC_MODES),
+            gamma=_real("gamma", gamma, gt=0.0),
+            base_momentum=_real("base_momentum", base_momentum),
+            max_momentum=_real("max_momentum", max_momentum),
+        )
+
+    def _build(self) -> Any:
+        return _node(
+            _CYCLIC,
+            [
+                self.base_lr,
+                self.max_lr,
+                self.step_size_up,
+                self.step_size_down,
+                _CYCLIC_MODES.index(self.mode),
+                self.gamma,
+                self.base_momentum,
+                self.max_momentum,
+            ],
+        )
+
+
+class OneCycle(Schedule):
+    """The 1cycle policy (Smith & Topin, 2018) — torch's OneCycleLR, with its momentum.
+
+    The lr rises from ``max_lr / div_factor`` to ``max_lr`` over the first
+    ``pct_start * total_steps`` steps, then anneals to ``max_lr / div_factor / final_div_factor``
+    at step ``total_steps - 1`` (cosine: ``end + (start - end) * (1 + cos(pi * pct)) / 2``, or
+    linear); ``three_phase`` comes back down to the initial lr before the final anneal. Momentum
+    moves inversely between ``max_momentum`` and ``base_momentum``. Past the last step the values
+    hold (torch's OneCycleLR raises instead).
+    """
+
+    __slots__ = (
+        "anneal_strategy",
+        "base_momentum",
+        "div_factor",
+        "final_div_factor",
+        "max_lr",
+        "max_momentum",
+        "pct_start",
+        "three_phase",
+        "total_steps",
+    )
+    _fields = (
+        "max_lr",
+        "total_steps",
+        "pct_start",
+        "anneal_strategy",
+        "div_factor",
+        "final_div_factor",
+        "three_phase",
+        "base_momentum",
+        "max_momentum",
+    )
+
+    def __init__(
+        self,
+        max_lr: float,
+        total_steps: int,
+        pct_start: float = 0.3,
+        anneal_strategy: str = "cos",
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+        three_phase: bool = False,
+        base_momentum: float = 0.85,
+        max_momentum: float = 0.95,
+    ) -> None:
+        total = _int("total_steps", total_steps, ge=1)
+        pct = _real("pct_start", pct_start, gt=0.0, lt=1.0)
+        if not isinstance(three_phase, bool):
+            raise TypeError(f"three_phase must be a bool, got {type(three_phase).__name__}")
+        _check_one_cycle_phases(total, pct, three_phase)
+        self._set(
+            max_lr=_real("max_lr", max_lr, gt=0.0),
+            total_steps=total,
+            pct_start=pct,
+            anneal_strategy=_choice("anneal_strategy", anneal_strategy, _ANNEAL_STRATEGIES),
+            div_factor=_real("div_factor", div_factor, gt=0.0),
+            final_div_factor=_real("final_div_factor", final_div_factor, gt=0.0),
+            three_phase=three_phase,
+            base_momentum=_real("base_momentum", base_momentum),
+            max_momentum=_real("max_momentum", max_momentum),
+        )
+
+    def _build(self) -> Any:
+        initial_lr = self.max_lr / self.div_factor
+        return one_cycle_node(
+            initial_lr=initial_lr,
+            max_lr=self.max_lr,
+            min_lr=initial_lr / self.final_div_factor,
+            phase_ends=_one_cycle_phase_ends(self.total_steps, self.pct_start, self.three_phase),
+            anneal_strategy=self.anneal_strategy,
+            base_momentum=self.base_momentum,
+            max_momentum=self.max_momentum,
+            extrapolate=False,
+        )
+
+
+def _one_cycle_phase_ends(total: int, pct: float, three_phase: bool) -> list[float]:
+    """The last step of each phase, computed exactly as torch's OneCycleLR does."""
+    ends = [float(pct * total) - 1]
+    if three_phase:
+        ends.append(float(2 * pct * total) - 2)
+    ends.append(total - 1)
+    return ends
+
+
+def one_cycle_node(
+    *,
+    initial_lr: float,
+    max_lr: float,
+    min_lr: float,
+    phase_ends: SequenceABC[float],
+    anneal_strategy: str,
+    base_momentum: float,
+    max_momentum: float,
+    extrapolate: bool,
+) -> Any:
+    """The C++ one-cycle node from torch's own quantities (shared with ``OneCycleLR``).
+
+    ``extrapolate`` evaluates the last phase's formula past its end, as torch does at step
+    ``total_steps``; otherwise the value holds at the last step.
+    """
+    three_phase = len(phase_ends) == 3
+    return _node(
+        _ONE_CYCLE,
+        [
+            initial_lr,
+            max_lr,
+            min_lr,
+            phase_ends[0],
+            phase_ends[1] if three_phase else math.nan,
+            phase_ends[-1] + 1,
+            float(three_phase),
+            _ANNEAL_STRATEGIES.index(anneal_strategy),
+            base_momentum,
+            max_momentum,
+            float(extrapolate),
+        ],
+    )
+
+
+def _check_one_cycle_phases(total: int, pct: float, three_phase: bool) -> None:
+    """Reject phases of zero length, where torch's OneCycleLR divides by zero."""
+    ends = _one_cycle_phase_ends(total, pct, three_phase)
+    start = 0.0
+    for i, end in enumerate(ends):
+        if end == start:
+            raise ValueError(
+                f"pct_start={pct} with total_steps={total} gives phase {i} of the one-cycle "
+                "schedule zero length; change pct_start or total_steps"
+            )
+        start = end
+
+
+class InverseSqrt(Schedule):
+    """Linear warmup, then inverse-square-root decay (Vaswani et al.; as in fairseq and HF).
+
+    ``f(t) = peak_value * t / warmup_steps`` for ``t < warmup_steps``, then
+    ``peak_value / sqrt((t - warmup_steps + timescale) / timescale)``: ``peak_value`` at the end
+    of the warmup. ``timescale`` defaults to ``warmup_steps`` (10,000 without a warmup).
+    """
+
+    __slots__ = ("peak_value", "timescale", "warmup_steps")
+    _fields = ("peak_value", "warmup_steps", "timescale")
+
+    def __init__(
+        self, peak_value: float, warmup_steps: int = 0, timescale: float | None = None
+    ) -> None:
+        warm = _int("warmup_steps", warmup_steps)
+        scale = (warm or 10_000) if timescale is None else _real("timescale", timescale, gt=0.0)
+        self._set(
+            peak_value=_real("peak_value", peak_value, ge=0.0),
+            warmup_steps=warm,
+            timescale=float(scale),
+        )
+
+    def _build(self) -> Any:
+        return _node(_INVERSE_SQRT, [self.peak_value, self.warmup_steps, self.timescale])
+
+
+class WarmupStableDecay(Schedule):
+    """Warmup-stable-decay (the "trapezoid" of MiniCPM and friends).
+
+    Linear from ``init_value`` to ``peak_value`` over ``warmup_steps``, ``peak_value`` for
+    ``stable_steps``, then down to the floor ``min_ratio * peak_value`` over ``decay_steps`` with
+    shape ``1 - s`` (linear), ``(1 + cos(pi s)) / 2`` (cosine) or ``1 - sqrt(s)`` (1-sqrt),
+    ``s`` running from 0 to 1; the floor after that.
+    """
+
+    __slots__ = (
+        "decay_shape",
+        "decay_steps",
+        "init_value",
+        "min_ratio",
+        "peak_value",
+        "stable_steps",
+        "warmup_steps",
+    )
+    _fields = (
+        "peak_value",
+        "warmup_steps",
+        "stable_steps",
+        "decay_steps",
+        "decay_shape",
+        "init_value",
+        "min_ratio",
+    )
+
+    def __init__(
+        self,
+        peak_value: float,
+        warmup_steps: int,
+        stable_steps: int,
+        decay_steps: int,
+        decay_shape: str = "linear",
+        init_value: float = 0.0,
+        min_ratio: float = 0.0,
+    ) -> None:
+        self._set(
+            peak_value=_real("peak_value", peak_value, ge=0.0),
+            warmup_steps=_int("warmup_steps", warmup_steps),
+            stable_steps=_int("stable_steps", stable_steps),
+            decay_steps=_int("decay_steps", decay_steps),
+            decay_shape=_choice("decay_shape", decay_shape, _DECAY_SHAPES),
+            init_value=_real("init_value", init_value, ge=0.0),
+            min_ratio=_real("min_ratio", min_ratio, ge=0.0, le=1.0),
+        )
+
+    def _build(self) -> Any:
+        return _node(
+            _WSD,
+            [
+                self.peak_value,
+                self.warmup_steps,
+                self.stable_steps,
+                self.decay_steps,
+                _DECAY_SHAPES.index(self.decay_shape),
+                self.init_value,
+                self.min_ratio,
+            ],
+        )
+
+
+class WarmupCosine(Schedule):
+    """Linear warmup then cosine decay to a floor (optax's ``warmup_cosine_decay_schedule``).
+
+    Linear from ``init_value`` to ``peak_value`` over ``warmup_steps``, then
+    ``floor + (peak_value - floor) * (1 + cos(pi s)) / 2`` with
+    ``s = (t - warmup_steps) / (total_steps - warmup_steps)`` and ``floor = min_ratio *
+    peak_value``; the floor from ``total_steps`` on.
+    """
+
+    __slots__ = ("init_value", "min_ratio", "peak_value", "total_steps", "warmup_steps")
+    _fields = ("peak_value", "warmup_steps", "total_steps", "init_value", "min_ratio")
+
+    def __init__(
+        self,
+        peak_value: float,
+        warmup_steps: int,
+        total_steps: int,
+        init_value: float = 0.0,
+        min_ratio: float = 0.0,
+    ) -> None:
+        warm = _int("warmup_steps", warmup_steps)
+        total = _int("total_steps", total_steps, ge=1)
+        if total <= warm:
+            raise ValueError(
+                f"total_steps must be > warmup_steps, got total_steps={total}, warmup_steps={warm}"
+            )
+        self._set(
+            peak_value=_real("peak_value", peak_value, ge=0.0),
+            warmup_steps=warm,
+            total_steps=total,
+            init_value=_real("init_value", init_value, ge=0.0),
+            min_ratio=_real("min_ratio", min_ratio, ge=0.0, le=1.0),
+        )
+
+    def _build(self) -> Any:
+        return _node(
+            _WARMUP_COSINE,
+            [self.peak_value, self.warmup_steps, self.total_steps, self.init_value, self.min_ratio],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Combinators
+
+
+class Sequence(Schedule):
+    """Schedules one after another: ``schedules[i]`` runs from ``milestones[i-1]`` (0 for the
+    first) and sees its local step ``t - milestones[i-1]`` — like torch's SequentialLR and
+    optax's ``join_schedules``. Momentum is defined where every part defines it."""
+
+    __slots__ = ("milestones", "schedules")
+    _fields = ("schedules", "milestones")
+
+    def __init__(self, schedules: Iterable[Schedule], milestones: Iterable[int]) -> None:
+        parts = _schedule_list("schedules", schedules)
+        marks = _milestones("milestones", milestones, strict=False)
+        if len(marks) != len(parts) - 1:
+            raise ValueError(
+                f"milestones must have one entry fewer than schedules, got {len(marks)} "
+                f"milestones for {len(parts)} schedules"
+            )
+        self._set(schedules=parts, milestones=marks)
+
+    def _build(self) -> Any:
+        return _node(_SEQUENCE, [], self.milestones, self.schedules)
+
+
+class Chain(Schedule):
+    """The product of schedules, ``f(t) = prod_i schedules[i](t)`` — like torch's
+    ChainedScheduler over multiplicative schedulers. Momentum is defined when exactly one factor
+    defines it."""
+
+    __slots__ = ("schedules",)
+    _fields = ("schedules",)
+
+    def __init__(self, schedules: Iterable[Schedule]) -> None:
+        self._set(schedules=_schedule_list("schedules", schedules))
+
+    def _build(self) -> Any:
+        return _node(_PRODUCT, [], (), self.schedules)
+
+
+class Warmup(Schedule):
+    """A warmup of ``steps`` steps in front of ``schedule``, which then starts at its step 0.
+
+    For ``t < steps``: ``schedule(0) * w(t)`` with ``w`` linear from ``start_factor`` to 1,
+    ``constant`` at ``start_factor``, or ``exponential`` (``start_factor ** (1 - t / steps)``);
+    afterwards ``schedule(t - steps)``.
+    """
+
+    __slots__ = ("mode", "schedule", "start_factor", "steps")
+    _fields = ("schedule", "steps", "mode", "start_factor")
+
+    def __init__(
+        self, schedule: Schedule, steps: int, mode: str = "linear", start_factor: float = 0.0
+    ) -> None:
+        how = _choice("mode", mode, _WARMUP_MODES)
+        start = _real("start_factor", start_factor, ge=0.0, le=1.0)
+        if how != "linear" and start == 0.0:
+            raise ValueError(f"start_factor must be > 0 for {how} warmup, got {start}")
+        self._set(
+            schedule=_schedule("schedule", schedule),
+            steps=_int("steps", steps, ge=1),
+            mode=how,
+            start_factor=start,
+        )
+
+    def _build(self) -> Any:
+        return _node(
+            _WARMUP,
+            [self.steps, _WARMUP_MODES.index(self.mode), self.start_factor],
+            (),
+            [self.schedule],
+        )
+
+
+class Scaled(Schedule):
+    """``f(t) = factor * schedule(t)``; written ``factor * schedule``. Momentum is unscaled."""
+
+    __slots__ = ("factor", "schedule")
+    _fields = ("schedule", "factor")
+
+    def __init__(self, schedule: Schedule, factor: float) -> None:
+        self._set(schedule=_schedule("schedule", schedule), factor=_real("factor", factor))
+
+    def _build(self) -> Any:
+        return _node(_SCALE, [self.factor], (), [self.schedule])
+
+
+def sequence(schedules: Iterable[Schedule], milestones: Iterable[int]) -> Sequence:
+    """Run ``schedules`` one after another, switching at ``milestones`` (see :class:`Sequence`)."""
+    return Sequence(schedules, milestones)
+
+
+def chain(schedules: Iterable[Schedule]) -> Chain:
+    """Multiply ``schedules`` step by step (see :class:`Chain`)."""
+    return Chain(schedules)
+
+
+def warmup(
+    schedule: Schedule, steps: int, mode: str = "linear", start_factor: float = 0.0
+) -> Warmup:
+    """Put a warmup of ``steps`` steps in front of ``schedule`` (see :class:`Warmup`)."""
+    return Warmup(schedule, steps, mode, start_factor)
