@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pylr import schedules
 from pylr._core import get_num_threads
+from pylr.plot import plot_schedule
 
 __version__ = "0.1.0"
 

@@ -102,6 +102,29 @@ def _write_momentum(group: dict[str, Any], use_beta1: bool, value: float) -> Non
         group["momentum"] = value
 
 
+def _warn_step_order(optimizer: Optimizer) -> None:
+    """torch's warnings on the first scheduler step, word for word."""
+    if not hasattr(optimizer.step, "_wrapped_by_lr_sched"):
+        warnings.warn(
+            "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+            "initialization. Please, make sure to call `optimizer.step()` before "
+            "`lr_scheduler.step()`. See more details at "
+            "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif not getattr(optimizer, "_opt_called", False):
+        warnings.warn(
+            "Detected call of `lr_scheduler.step()` before `optimizer.step()`. In PyTorch 1.1.0 "
+            "and later, you should call them in the opposite order: `optimizer.step()` before "
+            "`lr_scheduler.step()`.  Failure to do this will result in PyTorch skipping the "
+            "first value of the learning rate schedule. See more details at "
+            "https://pytorch.org/docs/stable/optim.html#how-to-adjust-learning-rate",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 class _ClosedForm(_torch.LRScheduler):
     """Base of the schedulers whose lr at ``last_epoch = t`` is a C++ closed form per group.
 
@@ -129,11 +152,33 @@ class _ClosedForm(_torch.LRScheduler):
         return bool(getattr(self, "cycle_momentum", False))
 
     def _values_at(self, t: float) -> list[float]:
-        nodes = self._ensure_nodes()
+        nodes = self._nodes or self._ensure_nodes()
         if self._writes_momentum():
             for group, node in zip(self.optimizer.param_groups, nodes, strict=True):
                 _write_momentum(group, self.use_beta1, node.momentum(t))
         return [node.value(t) for node in nodes]
+
+    def step(self, epoch: int | None = None) -> None:
+        """Advance ``last_epoch`` by one (or set it to ``epoch``, deprecated as in torch) and
+        write each group's closed-form lr. Same warnings and bookkeeping as torch's step(), in
+        fewer Python operations."""
+        if self._step_count == 1:
+            _warn_step_order(self.optimizer)
+        self._step_count += 1
+        if epoch is None:
+            self.last_epoch += 1
+        else:
+            warnings.warn(_torch.EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+            self.last_epoch = epoch
+        lrs = self._values_at(self.last_epoch)
+        tensors = False
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            if isinstance(group["lr"], Tensor):
+                group["lr"].fill_(lr)
+                tensors = True
+            else:
+                group["lr"] = lr
+        self._last_lr = _group_values(self.optimizer, "lr") if tensors else lrs
 
     def get_lr(self) -> list[float]:
         """The lr of each group at ``last_epoch`` (the closed form; see the module notes)."""
