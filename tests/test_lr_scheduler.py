@@ -1,0 +1,403 @@
+"""pylr.lr_scheduler against torch.optim.lr_scheduler (torch 2.13), step by step."""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as T
+
+from pylr import lr_scheduler as P
+from pylr import schedules as S
+
+LRS = (0.1, 0.03)
+
+
+def make_opt(kind: str = "sgd") -> torch.optim.Optimizer:
+    params = [torch.zeros(2, requires_grad=True) for _ in LRS]
+    groups = [{"params": [p], "lr": lr} for p, lr in zip(params, LRS, strict=True)]
+    if kind == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def group_state(opt: torch.optim.Optimizer) -> list[tuple[float, float]]:
+    return [
+        (g["lr"], g["betas"][0] if "betas" in g else g.get("momentum", 0.0))
+        for g in opt.param_groups
+    ]
+
+
+# Step-shaped schedulers ("exact", tolerance 0 in CASES) must change at exactly the same steps and
+# agree to the last few bits: torch multiplies recursively (((b * g) * g) * g), the closed form
+# computes b * g**k, and the two round differently by an ulp or so.
+STEP_SHAPED_REL = 1e-15
+
+
+def assert_same(ref: list, ours: list, rel: float, where: str) -> None:
+    for (lr_a, m_a), (lr_b, m_b) in zip(ref, ours, strict=True):
+        assert lr_b == pytest.approx(lr_a, rel=rel or STEP_SHAPED_REL, abs=1e-300), where
+        assert m_b == pytest.approx(m_a, rel=1e-12, abs=1e-15), where
+
+
+# (class name, kwargs, steps, relative tolerance; 0 means exactly equal)
+CASES = [
+    ("StepLR", {"step_size": 3, "gamma": 0.1}, 200, 0.0),
+    ("StepLR", {"step_size": 1, "gamma": 0.97}, 2000, 1e-12),
+    ("MultiStepLR", {"milestones": [2, 5, 5, 40], "gamma": 0.1}, 100, 0.0),
+    ("MultiStepLR", {"milestones": [10, 20], "gamma": 0.5}, 100, 0.0),
+    ("ConstantLR", {"factor": 0.25, "total_iters": 7}, 50, 0.0),
+    ("ConstantLR", {}, 50, 0.0),
+    ("LinearLR", {"start_factor": 0.01, "end_factor": 1.0, "total_iters": 100}, 300, 1e-12),
+    ("LinearLR", {"start_factor": 1.0, "end_factor": 0.0, "total_iters": 17}, 60, 1e-12),
+    ("ExponentialLR", {"gamma": 0.99}, 3000, 1e-12),
+    ("PolynomialLR", {"total_iters": 40, "power": 2.0}, 100, 1e-12),
+    ("PolynomialLR", {}, 20, 1e-12),
+    ("CosineAnnealingLR", {"T_max": 100}, 10_000, 1e-9),
+    ("CosineAnnealingLR", {"T_max": 7, "eta_min": 0.001}, 10_000, 1e-9),
+    ("CosineAnnealingLR", {"T_max": 1}, 10_000, 1e-9),
+    ("CosineAnnealingWarmRestarts", {"T_0": 10}, 10_000, 1e-12),
+    ("CosineAnnealingWarmRestarts", {"T_0": 3, "T_mult": 2, "eta_min": 0.001}, 10_000, 1e-12),
+    ("CyclicLR", {"base_lr": 0.001, "max_lr": 0.1, "step_size_up": 20}, 10_000, 1e-12),
+    (
+        "CyclicLR",
+        {"base_lr": [0.01, 0.001], "max_lr": [0.1, 0.2], "step_size_up": 7, "step_size_down": 13,
+         "mode": "triangular2"},
+        10_000,
+        1e-12,
+    ),
+    (
+        "CyclicLR",
+        {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 11, "mode": "exp_range",
+         "gamma": 0.999, "base_momentum": 0.7, "max_momentum": 0.95},
+        10_000,
+        1e-12,
+    ),
+    ("OneCycleLR", {"max_lr": 0.1, "total_steps": 1000}, 1000, 1e-12),
+    ("OneCycleLR", {"max_lr": [0.1, 0.5], "total_steps": 333, "anneal_strategy": "linear"}, 333,
+     1e-12),
+    ("OneCycleLR", {"max_lr": 0.1, "epochs": 4, "steps_per_epoch": 50, "three_phase": True,
+                    "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0}, 200, 1e-12),
+    ("OneCycleLR", {"max_lr": 0.1, "total_steps": 7}, 7, 1e-12),
+]
+
+
+def _ids(case):
+    return f"{case[0]}-{sorted(case[1].items())}"
+
+
+# Momentum-cycling schedulers also run on Adam, where they cycle betas[0].
+STEP_CASES = [(c, "sgd") for c in CASES] + [
+    (c, "adam") for c in CASES if c[0] in ("CyclicLR", "OneCycleLR")
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "opt_kind"), STEP_CASES, ids=[f"{_ids(c)}-{k}" for c, k in STEP_CASES]
+)
+def test_matches_torch_step_by_step(case, opt_kind):
+    name, kwargs, steps, rel = case
+    opt_t, opt_p = make_opt(opt_kind), make_opt(opt_kind)
+    ref = getattr(T, name)(opt_t, **kwargs)
+    ours = getattr(P, name)(opt_p, **kwargs)
+    assert isinstance(ours, T.LRScheduler)
+    prev_t, prev_p = group_state(opt_t), group_state(opt_p)
+    for step in range(steps):
+        now_t, now_p = group_state(opt_t), group_state(opt_p)
+        assert_same(now_t, now_p, rel, f"{name} step {step}")
+        if rel == 0.0:  # the lr changes at exactly the same steps
+            assert (now_t != prev_t) == (now_p != prev_p), f"{name} step {step}"
+        prev_t, prev_p = now_t, now_p
+        assert ours.last_epoch == ref.last_epoch
+        opt_t.step()
+        opt_p.step()
+        ref.step()
+        ours.step()
+    assert ours.get_last_lr() == pytest.approx(ref.get_last_lr(), rel=max(rel, 1e-300))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_state_dicts_interchange_with_torch_mid_run(case):
+    name, kwargs, steps, rel = case
+    rel = rel or 1e-15
+    k = min(steps // 2, 500)
+    for src_mod, dst_mod in ((T, P), (P, T), (P, P)):
+        opt_a = make_opt()
+        first = getattr(src_mod, name)(opt_a, **kwargs)
+        for _ in range(k):
+            opt_a.step()
+            first.step()
+        # resume: a new optimizer and scheduler, loaded from the state dicts
+        opt_b = make_opt()
+        opt_b.load_state_dict(copy.deepcopy(opt_a.state_dict()))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            second = getattr(dst_mod, name)(opt_b, **kwargs)
+        second.load_state_dict(copy.deepcopy(first.state_dict()))
+        for group_a, group_b in zip(opt_a.param_groups, opt_b.param_groups, strict=True):
+            group_b["lr"] = group_a["lr"]
+        for step in range(k, min(steps, k + 300)):
+            opt_a.step()
+            opt_b.step()
+            first.step()
+            second.step()
+            where = f"{name} {src_mod.__name__}->{dst_mod.__name__} step {step}"
+            assert_same(group_state(opt_a), group_state(opt_b), rel, where)
+
+
+RESUMABLE_LIKE_TORCH = ["StepLR", "MultiStepLR", "ConstantLR", "CosineAnnealingWarmRestarts",
+                        "CyclicLR", "OneCycleLR"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_resume_from_last_epoch(case):
+    """Resumed with last_epoch=k, pylr continues with the lrs of a fresh run at k+1, k+2, ...
+
+    That is torch's behaviour too for the schedulers it computes without recursion; torch's
+    chainable ones (ExponentialLR, CosineAnnealingLR, ...) keep the group's lr for one step."""
+    name, kwargs, steps, rel = case
+    rel = rel or 1e-15
+    k = min(steps // 2, 400)
+    opt_fresh = make_opt()
+    fresh = getattr(P, name)(opt_fresh, **kwargs)
+    lrs = [group_state(opt_fresh)]
+    for _ in range(min(k + 50, steps)):
+        fresh.step()
+        lrs.append(group_state(opt_fresh))
+
+    # the optimizer as a checkpoint taken at step k left it
+    opt_p, opt_t = make_opt(), make_opt()
+    for opt in (opt_p, opt_t):
+        getattr(P, name)(opt, **kwargs)  # fills initial_lr (and max_lr, ...) as a first run did
+        for group, (lr, momentum) in zip(opt.param_groups, lrs[k], strict=True):
+            group["lr"] = lr
+            group["momentum"] = momentum
+    resumed = getattr(P, name)(opt_p, last_epoch=k, **kwargs)
+    # torch's warm restarts wrap T_cur only once on resume, wrong when T_mult > 1 and k+1 spans
+    # several periods; pylr computes the position exactly.
+    like_torch = name in RESUMABLE_LIKE_TORCH and kwargs.get("T_mult", 1) == 1
+    ref = getattr(T, name)(opt_t, last_epoch=k, **kwargs) if like_torch else None
+    end = min(k + 40, len(lrs))
+    for t in range(k + 1, end):
+        assert resumed.last_epoch == t
+        assert_same(lrs[t], group_state(opt_p), rel, f"{name} resumed at {t}")
+        if ref is not None:
+            assert_same(group_state(opt_t), group_state(opt_p), rel, f"{name} vs torch at {t}")
+        if t + 1 < end:
+            resumed.step()
+            if ref is not None:
+                ref.step()
+
+
+def test_warm_restarts_fractional_epochs_match_torch():
+    for t_mult in (1, 2, 3):
+        opt_t, opt_p = make_opt(), make_opt()
+        ref = T.CosineAnnealingWarmRestarts(opt_t, T_0=4, T_mult=t_mult, eta_min=1e-3)
+        ours = P.CosineAnnealingWarmRestarts(opt_p, T_0=4, T_mult=t_mult, eta_min=1e-3)
+        iters = 7
+        for epoch in range(30):
+            for i in range(iters):
+                e = epoch + i / iters
+                ref.step(e)
+                ours.step(e)
+                assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"epoch {e}")
+                assert ours.T_i == ref.T_i and ours.T_cur == pytest.approx(ref.T_cur)
+        # and plain steps continue from the fractional state as torch does
+        for _ in range(50):
+            ref.step()
+            ours.step()
+            assert_same(group_state(opt_t), group_state(opt_p), 1e-12, "after fractional")
+
+
+def test_one_cycle_at_and_past_total_steps_like_torch():
+    opt_t, opt_p = make_opt(), make_opt()
+    ref = T.OneCycleLR(opt_t, max_lr=0.1, total_steps=10, anneal_strategy="linear")
+    ours = P.OneCycleLR(opt_p, max_lr=0.1, total_steps=10, anneal_strategy="linear")
+    for _ in range(10):
+        ref.step()
+        ours.step()
+    assert ours.get_last_lr() == ref.get_last_lr()  # the extrapolated value at total_steps
+    with pytest.raises(ValueError, match="Tried to step 11 times") as ours_err:
+        ours.step()
+    with pytest.raises(ValueError) as ref_err:
+        ref.step()
+    assert str(ours_err.value) == str(ref_err.value)
+
+
+def test_cyclic_custom_scale_fn_matches_torch():
+    for scale_mode in ("cycle", "iterations"):
+        opt_t, opt_p = make_opt(), make_opt()
+        kw = {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 5,
+              "scale_fn": lambda x: 1 / (1 + 0.1 * x), "scale_mode": scale_mode}
+        ref, ours = T.CyclicLR(opt_t, **kw), P.CyclicLR(opt_p, **kw)
+        for step in range(300):
+            assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"{scale_mode} {step}")
+            ref.step()
+            ours.step()
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("threshold_mode", ["rel", "abs"])
+def test_reduce_on_plateau_matches_torch(mode, threshold_mode):
+    gen = torch.Generator().manual_seed(0)
+    metrics = (torch.rand(300, generator=gen) + torch.linspace(1, 0, 300)).tolist()
+    kw = {"mode": mode, "factor": 0.5, "patience": 3, "threshold": 0.01,
+          "threshold_mode": threshold_mode, "cooldown": 2, "min_lr": [1e-3, 1e-4], "eps": 1e-9}
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = T.ReduceLROnPlateau(opt_t, **kw), P.ReduceLROnPlateau(opt_p, **kw)
+    for m in metrics:
+        ref.step(m)
+        ours.step(m)
+        assert group_state(opt_t) == group_state(opt_p)
+    assert min(g["lr"] for g in opt_p.param_groups) < max(LRS)  # it did reduce
+
+
+def test_sequential_matches_torch():
+    def build(mod, opt):
+        warm = mod.LinearLR(opt, start_factor=0.1, total_iters=5)
+        cos = mod.CosineAnnealingLR(opt, T_max=50, eta_min=1e-4)
+        ex = mod.ExponentialLR(opt, gamma=0.9)
+        return mod.SequentialLR(opt, [warm, cos, ex], milestones=[5, 60])
+
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = build(T, opt_t), build(P, opt_p)
+    for step in range(200):
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_chained_matches_torch_for_multiplicative_members():
+    def build(mod, opt):
+        return mod.ChainedScheduler(
+            [mod.ConstantLR(opt, factor=0.1, total_iters=2), mod.ExponentialLR(opt, gamma=0.9),
+             mod.StepLR(opt, step_size=3, gamma=0.5)]
+        )
+
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = build(T, opt_t), build(P, opt_p)
+    for step in range(100):
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_lambda_and_multiplicative_match_torch():
+    for name, fn in (("LambdaLR", lambda e: 0.95**e), ("MultiplicativeLR", lambda e: 0.97)):
+        opt_t, opt_p = make_opt(), make_opt()
+        ref, ours = getattr(T, name)(opt_t, fn), getattr(P, name)(opt_p, fn)
+        for _ in range(50):
+            assert group_state(opt_t) == group_state(opt_p)
+            ref.step()
+            ours.step()
+    with pytest.raises(TypeError, match="lr_lambda"):
+        P.LambdaLR(make_opt(), 3)
+
+
+def test_plateau_after_warmup():
+    opt = make_opt()
+    warm = P.LinearLR(opt, start_factor=0.01, total_iters=4)
+    plateau = P.ReduceLROnPlateau(opt, patience=1, factor=0.5)
+    sched = P.SequentialLR(opt, [warm, plateau], milestones=[4])
+    seen = [opt.param_groups[0]["lr"]]
+    for _ in range(3):
+        sched.step()
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.001, 0.02575, 0.0505, 0.07525])
+    with pytest.raises(ValueError, match="needs metrics"):
+        sched.step()
+    sched.step(1.0)  # step 4: the plateau starts from the initial lr
+    assert opt.param_groups[0]["lr"] == 0.1
+    for _ in range(2):
+        sched.step(1.0)  # no improvement for patience + 1 steps: halve
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert opt.param_groups[1]["lr"] == pytest.approx(0.015)
+    state = sched.state_dict()
+    assert "_plateau_state" in state and "_plateau" not in state
+
+
+def test_schedule_lr_relative_absolute_and_momentum():
+    opt = make_opt()
+    sched = P.ScheduleLR(opt, S.warmup(S.Cosine(T_max=100), steps=10))
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0]
+    for _ in range(10):
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(list(LRS))
+
+    opt = make_opt("adam")
+    cycles = [S.OneCycle(0.1, 100), S.OneCycle(0.5, 100, base_momentum=0.8)]
+    sched = P.ScheduleLR(opt, cycles)
+    for t in range(1, 50):
+        sched.step()
+        for g, s in zip(opt.param_groups, cycles, strict=True):
+            assert g["lr"] == s(t) and g["betas"][0] == s.momentum(t)
+
+    with pytest.raises(ValueError, match="2 param groups"):
+        P.ScheduleLR(make_opt(), [S.Constant()])
+    with pytest.raises(ValueError, match="momentum"):
+        P.ScheduleLR(torch.optim.Adagrad([torch.zeros(1, requires_grad=True)]), S.OneCycle(1, 9))
+    with pytest.raises(TypeError, match="schedule"):
+        P.ScheduleLR(make_opt(), [3, 4])
+
+
+def test_hand_edited_lr_is_overwritten_by_the_closed_form():
+    opt = make_opt()
+    sched = P.ExponentialLR(opt, gamma=0.5)
+    opt.param_groups[0]["lr"] = 123.0
+    sched.step()
+    assert opt.param_groups[0]["lr"] == 0.05  # documented: closed form at last_epoch
+
+
+def test_tensor_lrs_are_filled_in_place():
+    p = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=torch.tensor(0.1))
+    lr_tensor = opt.param_groups[0]["lr"]
+    sched = P.StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    assert opt.param_groups[0]["lr"] is lr_tensor and float(lr_tensor) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("build", "exc", "match"),
+    [
+        (lambda o: P.StepLR(o, step_size=0), ValueError, "step_size"),
+        (lambda o: P.StepLR(o, step_size=3, gamma=0), ValueError, "gamma"),
+        (lambda o: P.MultiStepLR(o, milestones=[5, 2]), ValueError, "milestones"),
+        (lambda o: P.ExponentialLR(o, gamma=-0.5), ValueError, "gamma"),
+        (lambda o: P.ExponentialLR(o, gamma=math.nan), ValueError, "gamma"),
+        (lambda o: P.ConstantLR(o, factor=2.0), ValueError, "factor"),
+        (lambda o: P.LinearLR(o, start_factor=0.0), ValueError, "Starting"),
+        (lambda o: P.LinearLR(o, total_iters=0), ValueError, "total_iters"),
+        (lambda o: P.PolynomialLR(o, total_iters=0), ValueError, "total_iters"),
+        (lambda o: P.CosineAnnealingLR(o, T_max=0), ValueError, "T_max"),
+        (lambda o: P.CosineAnnealingWarmRestarts(o, T_0=0), ValueError, "T_0"),
+        (lambda o: P.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=0), ValueError, "T_mult"),
+        (lambda o: P.CyclicLR(o, 0.01, 0.1, step_size_up=0), ValueError, "step_size_up"),
+        (lambda o: P.CyclicLR(o, 0.01, 0.1, mode="x"), ValueError, "mode"),
+        (lambda o: P.CyclicLR(o, [0.01], 0.1), ValueError, "base_lr"),
+        (lambda o: P.OneCycleLR(o, 0.1, total_steps=10, pct_start=0.1), ValueError, "zero length"),
+        (lambda o: P.OneCycleLR(o, 0.1, total_steps=100, pct_start=1.0), ValueError, "pct_start"),
+        (lambda o: P.OneCycleLR(o, 0.1, total_steps=100, pct_start=0.0), ValueError, "pct_start"),
+        (lambda o: P.OneCycleLR(o, 0.1), ValueError, "total_steps"),
+        (lambda o: P.OneCycleLR(o, math.inf, total_steps=100), ValueError, "max_lr"),
+        (lambda o: P.ReduceLROnPlateau(o, factor=0.0), ValueError, "factor"),
+        (lambda o: P.ReduceLROnPlateau(o, patience=-1), ValueError, "patience"),
+        (lambda o: P.ReduceLROnPlateau(o, mode="up"), ValueError, "mode"),
+        (lambda o: P.StepLR("not an optimizer", 3), TypeError, "Optimizer"),
+    ],
+)
+def test_bad_arguments_raise_and_leave_the_optimizer_alone(build, exc, match):
+    opt = make_opt()
+    before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(exc, match=match):
+        build(opt)
+    assert [dict(g) for g in opt.param_groups] == before
+
+
+def test_negative_epoch_for_warm_restarts():
+    sched = P.CosineAnnealingWarmRestarts(make_opt(), T_0=5)
+    with pytest.raises(ValueError, match="non-negative epoch"):
+        sched.step(-1)
