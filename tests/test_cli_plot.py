@@ -1,0 +1,109 @@
+"""The pylr command line and plot_schedule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pylr
+from pylr import schedules as S
+from pylr.cli import main, parse_spec
+
+
+def test_parse_spec_expressions_and_json():
+    assert parse_spec("OneCycle(max_lr=0.1, total_steps=1000)") == S.OneCycle(0.1, 1000)
+    w = parse_spec("warmup(Cosine(T_max=900, base_lr=-(-0.1)), steps=100) * 0.5")
+    assert w == 0.5 * S.warmup(S.Cosine(900, base_lr=0.1), 100)
+    seq = parse_spec("sequence([Constant(1.0), Exponential(0.9)], milestones=[5])")
+    assert seq == S.sequence([S.Constant(1.0), S.Exponential(0.9)], [5])
+    assert parse_spec(json.dumps(seq.to_dict())) == seq
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "__import__('os').system('echo hi')",
+        "OneCycle.__class__",
+        "Cosine(T_max=-1)",
+        "Cosine(T_max=1, nope=2)",
+        "Nope(1)",
+        "Cosine(**{'T_max': 3})",
+        "3 * 4",
+        "Cosine(T_max=(lambda: 3)())",
+        "{not json",
+        '{"type": "Cosine"}',
+        "Cosine(",
+    ],
+)
+def test_bad_specs_print_one_line_and_exit_2(spec, capsys):
+    assert main(["values", spec, "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pylr: error: ") and err.count("\n") == 1
+
+
+def test_values_csv(capsys):
+    assert main(["values", "OneCycle(max_lr=0.1, total_steps=10)", "--steps", "10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "step,lr,momentum" and len(lines) == 11
+    s = S.OneCycle(0.1, 10)
+    step, lr, mom = lines[4].split(",")
+    assert int(step) == 3 and float(lr) == s(3) and float(mom) == s.momentum(3)
+    assert main(["values", "Step(step_size=2)", "--steps", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["step,lr", "0,1.0", "1,1.0", "2,0.1"]
+
+
+def test_plot_command_writes_a_png(tmp_path):
+    out = tmp_path / "oc.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pylr", "plot", "OneCycle(max_lr=0.1, total_steps=1000)",
+         "--steps", "1000", "-o", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = subprocess.run(
+        [sys.executable, "-m", "pylr", "plot", "Cosine(T_max=0)", "--steps", "10"],
+        capture_output=True, text=True, check=False,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip() == "pylr: error: T_max must be > 0.0, got 0.0"
+
+
+def test_plot_schedule_overlays_and_momentum_axis(tmp_path):
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    named = {"one-cycle": S.OneCycle(0.1, 100), "cosine": S.Cosine(100, base_lr=0.1)}
+    out = pylr.plot_schedule(named, 100, ax=ax, path=str(tmp_path / "p.png"))
+    assert out is ax
+    assert [line.get_label() for line in ax.get_lines()] == list(named)
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), named["one-cycle"].values(100))
+    twins = [a for a in ax.figure.axes if a is not ax]
+    assert len(twins) == 1 and len(twins[0].get_lines()) == 1  # only one-cycle has momentum
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_plot_schedule_errors(monkeypatch):
+    with pytest.raises(ValueError, match="steps"):
+        pylr.plot_schedule(S.Constant(), 0)
+    with pytest.raises(TypeError, match="schedules"):
+        pylr.plot_schedule([S.Constant(), 3], 10)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'pylr\[plot\]'"):
+        pylr.plot_schedule(S.Constant(), 10)
+
+
+def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--json", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert {r["scheduler"] for r in data["schedulers"]} >= {"StepLR", "OneCycleLR"}
+    assert all(r["speedup"] > 0 for r in data["schedulers"])
+    assert "values(1M)" in capsys.readouterr().out
+
+
+def test_version():
+    assert isinstance(pylr.__version__, str) and pylr.__version__.count(".") == 2
