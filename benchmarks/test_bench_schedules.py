@@ -18,7 +18,8 @@ N = 1_000_000
 
 
 @pytest.mark.parametrize(
-    "schedule", [S.Cosine(T_max=N, base_lr=0.1), S.OneCycle(max_lr=0.1, total_steps=N)],
+    "schedule",
+    [S.Cosine(T_max=N, base_lr=0.1), S.OneCycle(max_lr=0.1, total_steps=N)],
     ids=["cosine", "one-cycle"],
 )
 def test_values_1m(benchmark, schedule):
@@ -28,7 +29,8 @@ def test_values_1m(benchmark, schedule):
 
 
 @pytest.mark.parametrize(
-    "schedule", [S.Cosine(T_max=1000, base_lr=0.1), S.OneCycle(max_lr=0.1, total_steps=1000)],
+    "schedule",
+    [S.Cosine(T_max=1000, base_lr=0.1), S.OneCycle(max_lr=0.1, total_steps=1000)],
     ids=["cosine", "one-cycle"],
 )
 def test_schedule_call(benchmark, schedule):

@@ -59,15 +59,30 @@ def test_values_csv(capsys):
 def test_plot_command_writes_a_png(tmp_path):
     out = tmp_path / "oc.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "pylr", "plot", "OneCycle(max_lr=0.1, total_steps=1000)",
-         "--steps", "1000", "-o", str(out)],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pylr",
+            "plot",
+            "OneCycle(max_lr=0.1, total_steps=1000)",
+            "--steps",
+            "1000",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,  # not the checkout: no _core
     )
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = subprocess.run(
         [sys.executable, "-m", "pylr", "plot", "Cosine(T_max=0)", "--steps", "10"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
     )
     assert bad.returncode == 2 and bad.stderr.strip() == "pylr: error: T_max must be > 0.0, got 0.0"
 

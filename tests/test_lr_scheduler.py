@@ -64,23 +64,51 @@ CASES = [
     ("CyclicLR", {"base_lr": 0.001, "max_lr": 0.1, "step_size_up": 20}, 10_000, 1e-12),
     (
         "CyclicLR",
-        {"base_lr": [0.01, 0.001], "max_lr": [0.1, 0.2], "step_size_up": 7, "step_size_down": 13,
-         "mode": "triangular2"},
+        {
+            "base_lr": [0.01, 0.001],
+            "max_lr": [0.1, 0.2],
+            "step_size_up": 7,
+            "step_size_down": 13,
+            "mode": "triangular2",
+        },
         10_000,
         1e-12,
     ),
     (
         "CyclicLR",
-        {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 11, "mode": "exp_range",
-         "gamma": 0.999, "base_momentum": 0.7, "max_momentum": 0.95},
+        {
+            "base_lr": 0.01,
+            "max_lr": 0.1,
+            "step_size_up": 11,
+            "mode": "exp_range",
+            "gamma": 0.999,
+            "base_momentum": 0.7,
+            "max_momentum": 0.95,
+        },
         10_000,
         1e-12,
     ),
     ("OneCycleLR", {"max_lr": 0.1, "total_steps": 1000}, 1000, 1e-12),
-    ("OneCycleLR", {"max_lr": [0.1, 0.5], "total_steps": 333, "anneal_strategy": "linear"}, 333,
-     1e-12),
-    ("OneCycleLR", {"max_lr": 0.1, "epochs": 4, "steps_per_epoch": 50, "three_phase": True,
-                    "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0}, 200, 1e-12),
+    (
+        "OneCycleLR",
+        {"max_lr": [0.1, 0.5], "total_steps": 333, "anneal_strategy": "linear"},
+        333,
+        1e-12,
+    ),
+    (
+        "OneCycleLR",
+        {
+            "max_lr": 0.1,
+            "epochs": 4,
+            "steps_per_epoch": 50,
+            "three_phase": True,
+            "pct_start": 0.25,
+            "div_factor": 10.0,
+            "final_div_factor": 100.0,
+        },
+        200,
+        1e-12,
+    ),
     ("OneCycleLR", {"max_lr": 0.1, "total_steps": 7}, 7, 1e-12),
 ]
 
@@ -148,8 +176,14 @@ def test_state_dicts_interchange_with_torch_mid_run(case):
             assert_same(group_state(opt_a), group_state(opt_b), rel, where)
 
 
-RESUMABLE_LIKE_TORCH = ["StepLR", "MultiStepLR", "ConstantLR", "CosineAnnealingWarmRestarts",
-                        "CyclicLR", "OneCycleLR"]
+RESUMABLE_LIKE_TORCH = [
+    "StepLR",
+    "MultiStepLR",
+    "ConstantLR",
+    "CosineAnnealingWarmRestarts",
+    "CyclicLR",
+    "OneCycleLR",
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
@@ -230,8 +264,13 @@ def test_one_cycle_at_and_past_total_steps_like_torch():
 def test_cyclic_custom_scale_fn_matches_torch():
     for scale_mode in ("cycle", "iterations"):
         opt_t, opt_p = make_opt(), make_opt()
-        kw = {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 5,
-              "scale_fn": lambda x: 1 / (1 + 0.1 * x), "scale_mode": scale_mode}
+        kw = {
+            "base_lr": 0.01,
+            "max_lr": 0.1,
+            "step_size_up": 5,
+            "scale_fn": lambda x: 1 / (1 + 0.1 * x),
+            "scale_mode": scale_mode,
+        }
         ref, ours = T.CyclicLR(opt_t, **kw), P.CyclicLR(opt_p, **kw)
         for step in range(300):
             assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"{scale_mode} {step}")
@@ -244,8 +283,16 @@ def test_cyclic_custom_scale_fn_matches_torch():
 def test_reduce_on_plateau_matches_torch(mode, threshold_mode):
     gen = torch.Generator().manual_seed(0)
     metrics = (torch.rand(300, generator=gen) + torch.linspace(1, 0, 300)).tolist()
-    kw = {"mode": mode, "factor": 0.5, "patience": 3, "threshold": 0.01,
-          "threshold_mode": threshold_mode, "cooldown": 2, "min_lr": [1e-3, 1e-4], "eps": 1e-9}
+    kw = {
+        "mode": mode,
+        "factor": 0.5,
+        "patience": 3,
+        "threshold": 0.01,
+        "threshold_mode": threshold_mode,
+        "cooldown": 2,
+        "min_lr": [1e-3, 1e-4],
+        "eps": 1e-9,
+    }
     opt_t, opt_p = make_opt(), make_opt()
     ref, ours = T.ReduceLROnPlateau(opt_t, **kw), P.ReduceLROnPlateau(opt_p, **kw)
     for m in metrics:
@@ -273,8 +320,11 @@ def test_sequential_matches_torch():
 def test_chained_matches_torch_for_multiplicative_members():
     def build(mod, opt):
         return mod.ChainedScheduler(
-            [mod.ConstantLR(opt, factor=0.1, total_iters=2), mod.ExponentialLR(opt, gamma=0.9),
-             mod.StepLR(opt, step_size=3, gamma=0.5)]
+            [
+                mod.ConstantLR(opt, factor=0.1, total_iters=2),
+                mod.ExponentialLR(opt, gamma=0.9),
+                mod.StepLR(opt, step_size=3, gamma=0.5),
+            ]
         )
 
     opt_t, opt_p = make_opt(), make_opt()

@@ -73,8 +73,13 @@ any_schedule = st.recursive(
             ).map(lambda ms: S.sequence(parts, sorted(ms)))
         ),
         st.lists(inner, min_size=1, max_size=3).map(S.chain),
-        st.builds(S.warmup, inner, st.integers(1, 50), st.sampled_from(["linear", "constant"]),
-                  st.floats(0.01, 1.0)),
+        st.builds(
+            S.warmup,
+            inner,
+            st.integers(1, 50),
+            st.sampled_from(["linear", "constant"]),
+            st.floats(0.01, 1.0),
+        ),
         st.builds(lambda s, c: c * s, inner, reals),
     ),
     max_leaves=4,
@@ -224,7 +229,9 @@ def test_combinators():
     assert wk(2) == 0.25 and wk(3) == 1.0
     oc = S.OneCycle(0.1, 100)
     ww = S.warmup(oc, 10)
-    assert ww.has_momentum and ww.momentum(3) == oc.momentum(0) and ww.momentum(15) == oc.momentum(5)
+    assert (
+        ww.has_momentum and ww.momentum(3) == oc.momentum(0) and ww.momentum(15) == oc.momentum(5)
+    )
     assert (2 * oc).momentum(7) == oc.momentum(7)
     assert S.sequence([oc, S.Cyclic(0.1, 1.0, 5)], [50]).has_momentum
     assert not S.sequence([oc, S.Constant(1.0)], [50]).has_momentum
