@@ -1,0 +1,69 @@
+"""The C++ core stands alone: no torch inside, memory-safe node construction, the thread pool."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from pylr import _core
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_sources_include_no_torch_header():
+    for path in (ROOT / "csrc").rglob("*"):
+        if path.suffix in {".cpp", ".hpp", ".h", ".cu", ".cuh"}:
+            text = path.read_text()
+            for banned in ("<torch/", "<ATen/", "<c10/", '"torch/', "libtorch"):
+                assert banned not in text, f"{path.name} mentions {banned}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ldd is Linux's")
+def test_extension_links_no_torch_library():
+    out = subprocess.run(["ldd", _core.__file__], capture_output=True, text=True, check=True)
+    assert "torch" not in out.stdout and "c10" not in out.stdout
+
+
+def test_importing_schedules_does_not_import_torch():
+    code = "import sys, pylr.schedules; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("kind", "params", "points", "children", "match"),
+    [
+        (99, [], [], [], "unknown schedule kind"),
+        (6, [1.0], [], [], "takes 3 parameters"),
+        (13, [], [5.0], [], "child"),
+        (16, [2.0], [], [None], "None|incompatible"),
+    ],
+)
+def test_node_constructor_guards_memory_safety(kind, params, points, children, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _core.ScheduleNode(kind, params, points, children)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_pool_works_in_a_forked_child():
+    """DataLoader workers fork; the child must rebuild the pool instead of deadlocking."""
+    code = (
+        "import os, pylr\n"
+        "from pylr.schedules import Cosine\n"
+        "s = Cosine(1000)\n"
+        "a = s.values(200_000)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    b = s.values(200_000)\n"
+        "    os._exit(0 if (a == b).all() else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", timeout=60, check=False)
+    assert proc.returncode == 0
