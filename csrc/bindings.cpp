@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "optim/cpu.hpp"
 #include "parallel.hpp"
 #include "schedule.hpp"
 
@@ -60,6 +61,30 @@ py::array_t<double> fill_from_steps(const ScheduleNode& node, const StepArray& s
         pylr::schedule_fill(node, in, dst, n, momentum);
     }
     return out.reshape(std::vector<py::ssize_t>(steps.shape(), steps.shape() + steps.ndim()));
+}
+
+using Table = py::array_t<std::int64_t, py::array::c_style>;
+using Groups = py::array_t<double, py::array::c_style>;
+
+// Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
+// here; pylr/functional.py built the table from validated tensors.
+template <typename Step>
+bool run_step(Step step, Table& table, const Groups& groups, int group_columns,
+              std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+    if (table.ndim() != 2 || table.shape(1) != pylr::optim::kTableColumns || !table.writeable()) {
+        throw py::value_error("table must be a writeable int64 array of shape (n, " +
+                              std::to_string(pylr::optim::kTableColumns) + ")");
+    }
+    if (groups.ndim() != 2 || groups.shape(1) != group_columns) {
+        throw py::value_error("groups must be a float64 array of shape (g, " +
+                              std::to_string(group_columns) + ")");
+    }
+    std::int64_t* t = table.mutable_data();
+    const double* g = groups.data();
+    const std::int64_t n = table.shape(0);
+    py::gil_scoped_release release;
+    return step(t, n, g, reinterpret_cast<const float*>(grad_scale),
+                reinterpret_cast<const float*>(found_inf));
 }
 
 py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool momentum) {
@@ -115,6 +140,28 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("T_0"), py::arg("T_mult"), py::arg("t"),
         "(T_cur, T_i) of cosine annealing with warm restarts at step t.");
+    m.def(
+        "adam_step",
+        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+            return run_step(pylr::optim::adam_step, table, groups, pylr::optim::kAdamGroupColumns,
+                            grad_scale, found_inf);
+        },
+        py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
+        py::arg("found_inf") = 0,
+        "One Adam/AdamW step over a pointer table; False when skipped for found_inf.");
+    m.def(
+        "sgd_step",
+        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+            return run_step(pylr::optim::sgd_step, table, groups, pylr::optim::kSgdGroupColumns,
+                            grad_scale, found_inf);
+        },
+        py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
+        py::arg("found_inf") = 0,
+        "One SGD step over a pointer table; False when skipped for found_inf.");
+    m.def("kernel_isa", &pylr::optim::kernel_isa, "The SIMD instruction set of the kernels.");
+    m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
+    m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
+    m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");
     m.def(

@@ -1,6 +1,7 @@
-// The persistent pool behind parallel_for. Workers sleep on a condition variable between jobs;
-// each job bumps a generation counter, and every worker takes part in every generation (maybe
-// with zero chunks), so the caller can wait for all of them and no worker ever sees a stale job.
+// The persistent pool behind parallel_for. Between jobs workers spin briefly, then sleep on a
+// condition variable; each job bumps a generation counter, and every worker takes part in every
+// generation (maybe with zero chunks), so the caller can wait for all of them and no worker ever
+// sees a stale job.
 //
 // After fork() (DataLoader workers, multiprocessing) the child has none of the parent's threads
 // and may inherit a locked mutex, so a child process abandons the inherited state and builds a
@@ -9,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -19,6 +21,18 @@
 
 namespace pylr {
 namespace {
+
+// How long an idle worker spins before it sleeps: long enough to stay hot between the steps of
+// a tight loop, short enough not to steal a core from torch's own threads for long.
+constexpr auto kSpinFor = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
 
 class ThreadPool {
   public:
@@ -31,18 +45,24 @@ class ThreadPool {
             for (std::size_t i = 0; i < n_chunks; ++i) fn(i);
             return;
         }
-        {
+        fn_ = &fn;
+        n_chunks_ = n_chunks;
+        next_.store(0, std::memory_order_relaxed);
+        pending_.store(workers_.size(), std::memory_order_relaxed);
+        generation_.fetch_add(1);  // seq_cst: pairs with the sleepers_ check below
+        if (sleepers_.load() > 0) {
             std::lock_guard<std::mutex> lock(mutex_);
-            fn_ = &fn;
-            n_chunks_ = n_chunks;
-            next_.store(0, std::memory_order_relaxed);
-            active_ = workers_.size();
-            ++generation_;
+            wake_.notify_all();
         }
-        wake_.notify_all();
         take_chunks(fn, n_chunks);
-        std::unique_lock<std::mutex> lock(mutex_);
-        done_.wait(lock, [this] { return active_ == 0; });
+        // wait for the workers: spin briefly, then let the OS run them if they were preempted
+        for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+            if (spins < 4096) {
+                cpu_relax();
+            } else {
+                std::this_thread::yield();
+            }
+        }
         fn_ = nullptr;
     }
 
@@ -62,31 +82,38 @@ class ThreadPool {
         }
     }
 
+    // Waits for a generation other than `seen`: spins for kSpinFor, then sleeps.
+    std::uint64_t wait_for_job(std::uint64_t seen) {
+        const auto deadline = std::chrono::steady_clock::now() + kSpinFor;
+        for (unsigned spins = 0;; ++spins) {
+            const std::uint64_t g = generation_.load(std::memory_order_acquire);
+            if (g != seen || stop_.load(std::memory_order_relaxed)) return g;
+            if ((spins & 63u) == 63u && std::chrono::steady_clock::now() > deadline) break;
+            cpu_relax();
+        }
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleepers_.fetch_add(1);  // seq_cst: pairs with the generation bump in run()
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
+        return generation_.load(std::memory_order_acquire);
+    }
+
     // `seen` is the generation current when the worker was created: a job posted before the
     // thread first runs is still one it must take part in.
     void worker_loop(std::uint64_t seen) {
         for (;;) {
-            const ChunkFn* fn = nullptr;
-            std::size_t n_chunks = 0;
-            {
-                std::unique_lock<std::mutex> lock(mutex_);
-                wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-                if (stop_) return;
-                seen = generation_;
-                fn = fn_;
-                n_chunks = n_chunks_;
-            }
-            take_chunks(*fn, n_chunks);
-            std::lock_guard<std::mutex> lock(mutex_);
-            if (--active_ == 0) done_.notify_one();
+            seen = wait_for_job(seen);
+            if (stop_.load()) return;
+            take_chunks(*fn_, n_chunks_);
+            pending_.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
     void start_workers(int n_threads) {
-        stop_ = false;
+        stop_.store(false);
         const int n_workers = std::max(1, n_threads) - 1;
         workers_.reserve(static_cast<std::size_t>(n_workers));
-        const std::uint64_t current = generation_;
+        const std::uint64_t current = generation_.load();
         for (int i = 0; i < n_workers; ++i) {
             workers_.emplace_back([this, current] { worker_loop(current); });
         }
@@ -95,7 +122,7 @@ class ThreadPool {
     void stop_workers() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            stop_ = true;
+            stop_.store(true);
         }
         wake_.notify_all();
         for (auto& w : workers_) w.join();
@@ -103,16 +130,16 @@ class ThreadPool {
     }
 
     std::mutex run_mutex_;  // one job (or resize) at a time
-    std::mutex mutex_;      // guards everything below except next_
+    std::mutex mutex_;      // for sleeping workers
     std::condition_variable wake_;
-    std::condition_variable done_;
     std::vector<std::thread> workers_;
-    std::uint64_t generation_ = 0;
-    bool stop_ = false;
-    const ChunkFn* fn_ = nullptr;
-    std::size_t n_chunks_ = 0;
-    std::size_t active_ = 0;
+    std::atomic<std::uint64_t> generation_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<int> sleepers_{0};
+    std::atomic<std::size_t> pending_{0};
     std::atomic<std::size_t> next_{0};
+    const ChunkFn* fn_ = nullptr;  // published by the generation bump
+    std::size_t n_chunks_ = 0;
 };
 
 int default_thread_count() noexcept {

@@ -1,0 +1,172 @@
+// The multi-tensor driver behind adam_step and sgd_step (see cpu.hpp).
+#include "optim/cpu.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "optim/kernel_api.hpp"
+#include "parallel.hpp"
+
+namespace pylr {
+namespace optim {
+namespace {
+
+// Below this many elements one thread does the whole step: waking the pool costs more.
+constexpr std::int64_t kParallelMin = 1 << 14;
+// Chunk boundaries fall on multiples of this many elements (a 64-byte line of float32).
+constexpr std::int64_t kAlign = 16;
+
+const KernelTable& select_kernels() noexcept {
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(PYLR_HAVE_X86_KERNELS)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma")) {
+        return avx512::kernels;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        return avx2::kernels;
+    }
+#endif
+    return generic::kernels;
+}
+
+const KernelTable& kernels() noexcept {
+    static const KernelTable& table = select_kernels();
+    return table;
+}
+
+inline const std::int64_t* row(const std::int64_t* table, std::int64_t i) {
+    return table + i * kTableColumns;
+}
+
+template <typename T>
+inline T* ptr(const std::int64_t* r, int col) {
+    return reinterpret_cast<T*>(static_cast<std::intptr_t>(r[col]));
+}
+
+// Runs visit(row_index, begin, end) over every tensor segment of the element range of each
+// chunk; chunks are balanced across the pool.
+template <typename Visit>
+void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit) {
+    if (n_rows == 0) return;
+    const std::int64_t* last = row(table, n_rows - 1);
+    const std::int64_t total = last[kColOffset] + last[kColNumel];
+    const int threads = get_num_threads();
+    const std::int64_t n_chunks = total < kParallelMin ? 1 : threads;
+    auto run_chunk = [&](std::size_t c) {
+        const auto ci = static_cast<std::int64_t>(c);
+        std::int64_t begin = ci == 0 ? 0 : (total * ci / n_chunks) / kAlign * kAlign;
+        const std::int64_t end =
+            ci + 1 == n_chunks ? total : (total * (ci + 1) / n_chunks) / kAlign * kAlign;
+        if (begin >= end) return;
+        // the first row whose range reaches past `begin` (binary search on the prefix sums)
+        std::int64_t lo = 0, hi = n_rows - 1;
+        while (lo < hi) {
+            const std::int64_t mid = (lo + hi + 1) / 2;
+            if (row(table, mid)[kColOffset] <= begin) lo = mid; else hi = mid - 1;
+        }
+        for (std::int64_t i = lo; i < n_rows && begin < end; ++i) {
+            const std::int64_t* r = row(table, i);
+            const std::int64_t t_begin = r[kColOffset], t_end = t_begin + r[kColNumel];
+            if (t_end <= begin) continue;
+            const std::int64_t seg_end = std::min(end, t_end);
+            visit(i, begin - t_begin, seg_end - t_begin);
+            begin = seg_end;
+        }
+    };
+    if (n_chunks == 1) {
+        run_chunk(0);
+    } else {
+        parallel_for(static_cast<std::size_t>(n_chunks), run_chunk);
+    }
+}
+
+inline std::int64_t element_size(DType d) {
+    return d == DType::Float64 ? 8 : d == DType::Float32 ? 4 : 2;
+}
+
+inline void* advance(void* p, std::int64_t elements, DType d) {
+    return p == nullptr ? nullptr : static_cast<char*>(p) + elements * element_size(d);
+}
+
+}  // namespace
+
+const char* kernel_isa() noexcept {
+    const KernelTable& k = kernels();
+    if (&k == &avx512::kernels) return "avx512";
+    if (&k == &avx2::kernels) return "avx2";
+    return "generic";
+}
+
+bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
+               const float* grad_scale, const float* found_inf) noexcept {
+    if (found_inf != nullptr && *found_inf != 0.0f) return false;
+    // step_t += 1, once per tensor, before any thread reads it
+    for (std::int64_t i = 0; i < n_rows; ++i) *ptr<float>(row(table, i), kColStep) += 1.0f;
+    const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+    const auto adam = kernels().adam;
+    for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
+        const std::int64_t* r = row(table, i);
+        const double* g = groups + r[kColGroup] * kAdamGroupColumns;
+        const auto dtype = static_cast<DType>(r[kColDType]);
+        const double lr = g[kAdamLr], beta1 = g[kAdamBeta1], beta2 = g[kAdamBeta2];
+        const double step = static_cast<double>(*ptr<float>(r, kColStep));
+        // bias_correction1 = 1 - beta1 ** step; step_size = lr / bias_correction1
+        const double bias_correction1 = 1.0 - std::pow(beta1, step);
+        // bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+        const double bias_correction2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
+        AdamSegment seg;
+        seg.param = advance(ptr<void>(r, kColParam), b, dtype);
+        seg.grad = advance(ptr<void>(r, kColGrad), b, dtype);
+        seg.exp_avg = advance(ptr<void>(r, kColState0), b, dtype);
+        seg.exp_avg_sq = advance(ptr<void>(r, kColState1), b, dtype);
+        seg.max_exp_avg_sq = advance(ptr<void>(r, kColState2), b, dtype);
+        seg.n = e - b;
+        seg.dtype = dtype;
+        seg.decoupled = g[kAdamDecoupled] != 0.0;
+        seg.amsgrad = g[kAdamAmsgrad] != 0.0;
+        seg.grad_factor = (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;
+        seg.weight_decay = g[kAdamWeightDecay];
+        seg.decay_factor = 1.0 - lr * g[kAdamWeightDecay];
+        seg.beta1 = beta1;
+        seg.beta2 = beta2;
+        seg.neg_step_size = -(lr / bias_correction1);
+        seg.bias_correction2_sqrt = bias_correction2_sqrt;
+        seg.eps = g[kAdamEps];
+        adam(seg);
+    });
+    return true;
+}
+
+bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
+              const float* grad_scale, const float* found_inf) noexcept {
+    if (found_inf != nullptr && *found_inf != 0.0f) return false;
+    const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+    const auto sgd = kernels().sgd;
+    for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
+        const std::int64_t* r = row(table, i);
+        const double* g = groups + r[kColGroup] * kSgdGroupColumns;
+        const auto dtype = static_cast<DType>(r[kColDType]);
+        SgdSegment seg;
+        seg.param = advance(ptr<void>(r, kColParam), b, dtype);
+        seg.grad = advance(ptr<void>(r, kColGrad), b, dtype);
+        seg.momentum_buffer = advance(ptr<void>(r, kColState0), b, dtype);
+        seg.n = e - b;
+        seg.dtype = dtype;
+        seg.nesterov = g[kSgdNesterov] != 0.0;
+        seg.first_step = r[kColFirst] != 0;
+        seg.grad_factor = (g[kSgdMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;
+        seg.weight_decay = g[kSgdWeightDecay];
+        seg.momentum = g[kSgdMomentum];
+        seg.dampening = g[kSgdDampening];
+        seg.lr = g[kSgdLr];
+        sgd(seg);
+    });
+    for (std::int64_t i = 0; i < n_rows; ++i) table[i * kTableColumns + kColFirst] = 0;
+    return true;
+}
+
+}  // namespace optim
+}  // namespace pylr

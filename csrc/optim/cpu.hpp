@@ -1,0 +1,51 @@
+// The multi-tensor driver: one call updates every tensor of every param group. The total element
+// count is split into cache-line-aligned chunks balanced across the thread pool, regardless of
+// tensor boundaries; each chunk runs the widest SIMD kernel the CPU supports.
+#pragma once
+
+#include <cstdint>
+
+namespace pylr {
+namespace optim {
+
+// Columns of the per-tensor table (int64, row-major), shared with pylr/functional.py.
+enum TableColumn : int {
+    kColParam = 0,   // data pointer of the parameter
+    kColGrad,        // data pointer of its gradient
+    kColState0,      // exp_avg (Adam) or momentum_buffer (SGD; 0 without momentum)
+    kColState1,      // exp_avg_sq (Adam)
+    kColState2,      // max_exp_avg_sq (Adam with amsgrad; else 0)
+    kColStep,        // pointer to the float32 step counter (Adam)
+    kColNumel,       // element count
+    kColDType,       // DType code
+    kColGroup,       // param group index
+    kColOffset,      // elements of all earlier rows (a prefix sum)
+    kColFirst,       // SGD: 1 while the momentum buffer is new (cleared after the step)
+    kTableColumns
+};
+
+// Columns of the per-group scalar rows (double).
+enum AdamGroupColumn : int {
+    kAdamLr = 0, kAdamBeta1, kAdamBeta2, kAdamEps, kAdamWeightDecay, kAdamAmsgrad,
+    kAdamMaximize, kAdamDecoupled, kAdamGroupColumns
+};
+enum SgdGroupColumn : int {
+    kSgdLr = 0, kSgdMomentum, kSgdDampening, kSgdWeightDecay, kSgdNesterov, kSgdMaximize,
+    kSgdGroupColumns
+};
+
+// One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates.
+// grad_scale / found_inf: AMP's 0-d float32 tensors or null. When *found_inf != 0 nothing is
+// modified (step counters included) and false is returned.
+bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
+               const float* grad_scale, const float* found_inf) noexcept;
+
+// One SGD step over all rows of `table`; same AMP contract. Clears kColFirst after the step.
+bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
+              const float* grad_scale, const float* found_inf) noexcept;
+
+// The instruction set the kernels use on this CPU: "avx512", "avx2" or "generic".
+const char* kernel_isa() noexcept;
+
+}  // namespace optim
+}  // namespace pylr

@@ -1,0 +1,173 @@
+// The CPU loops over one contiguous segment of one tensor, for every storage dtype and flag
+// combination. Included by kernels_<isa>.cpp, each compiled with its own target flags inside its
+// own namespace (PYLR_KERNEL_NS), so the compiler vectorises the same loops for AVX-512, AVX2 or
+// a portable baseline; cpu.cpp picks one at run time from CPU detection.
+//
+// Storage types are widened to the compute type (float, or double for float64), updated by the
+// math in math.hpp, and narrowed back with round-to-nearest-even.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "optim/kernel_api.hpp"
+#include "optim/math.hpp"
+
+#ifndef PYLR_KERNEL_NS
+#error "define PYLR_KERNEL_NS before including optim/kernels.hpp"
+#endif
+
+namespace pylr {
+namespace optim {
+namespace PYLR_KERNEL_NS {
+namespace {
+
+struct BFloat16 {
+    std::uint16_t bits;
+};
+struct Float16 {
+    std::uint16_t bits;
+};
+
+template <typename S>
+struct ComputeOf {
+    using type = float;
+};
+template <>
+struct ComputeOf<double> {
+    using type = double;
+};
+
+inline float load(float x) { return x; }
+inline double load(double x) { return x; }
+inline float load(BFloat16 x) {
+    const std::uint32_t u = static_cast<std::uint32_t>(x.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline float load(Float16 x) {
+    _Float16 h;
+    std::memcpy(&h, &x.bits, sizeof h);
+    return static_cast<float>(h);
+}
+
+inline void store(float& dst, float v) { dst = v; }
+inline void store(double& dst, double v) { dst = v; }
+inline void store(BFloat16& dst, float v) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    // round to nearest even on the 16 dropped bits; NaN stays a (quiet) NaN
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
+}
+inline void store(Float16& dst, float v) {
+    const _Float16 h = static_cast<_Float16>(v);  // IEEE round to nearest even
+    std::memcpy(&dst.bits, &h, sizeof h);
+}
+
+template <typename S, bool Decoupled, bool HasWd, bool Amsgrad>
+void adam_loop(const AdamSegment& seg) {
+    using C = typename ComputeOf<S>::type;
+    const AdamScalars<C> s{
+        static_cast<C>(seg.grad_factor),  static_cast<C>(seg.weight_decay),
+        static_cast<C>(seg.decay_factor), static_cast<C>(1.0 - seg.beta1),
+        static_cast<C>(seg.beta1),        static_cast<C>(seg.beta2),
+        static_cast<C>(1.0 - seg.beta2),  static_cast<C>(seg.neg_step_size),
+        static_cast<C>(seg.bias_correction2_sqrt), static_cast<C>(seg.eps)};
+    S* __restrict p = static_cast<S*>(seg.param);
+    const S* __restrict g = static_cast<const S*>(seg.grad);
+    S* __restrict m = static_cast<S*>(seg.exp_avg);
+    S* __restrict v = static_cast<S*>(seg.exp_avg_sq);
+    S* __restrict vmax = static_cast<S*>(seg.max_exp_avg_sq);
+    for (std::int64_t i = 0; i < seg.n; ++i) {
+        C pi = load(p[i]), mi = load(m[i]), vi = load(v[i]);
+        C vmaxi = Amsgrad ? load(vmax[i]) : C(0);
+        adam_update<C, Decoupled, HasWd, Amsgrad>(pi, load(g[i]), mi, vi, vmaxi, s);
+        store(p[i], pi);
+        store(m[i], mi);
+        store(v[i], vi);
+        if (Amsgrad) store(vmax[i], vmaxi);
+    }
+}
+
+template <typename S, bool HasWd, bool HasMomentum, bool Nesterov, bool First>
+void sgd_loop(const SgdSegment& seg) {
+    using C = typename ComputeOf<S>::type;
+    const SgdScalars<C> s{static_cast<C>(seg.grad_factor), static_cast<C>(seg.weight_decay),
+                          static_cast<C>(seg.momentum), static_cast<C>(1.0 - seg.dampening),
+                          static_cast<C>(-seg.lr)};
+    S* __restrict p = static_cast<S*>(seg.param);
+    const S* __restrict g = static_cast<const S*>(seg.grad);
+    S* __restrict buf = static_cast<S*>(seg.momentum_buffer);
+    for (std::int64_t i = 0; i < seg.n; ++i) {
+        C pi = load(p[i]);
+        C bi = (HasMomentum && !First) ? load(buf[i]) : C(0);
+        sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pi, load(g[i]), bi, s);
+        store(p[i], pi);
+        if (HasMomentum) store(buf[i], bi);
+    }
+}
+
+// Flags -> template arguments.
+template <typename S>
+void adam_dtype(const AdamSegment& seg) {
+    const int key = (seg.decoupled ? 4 : 0) | (seg.weight_decay != 0.0 ? 2 : 0) |
+                    (seg.amsgrad ? 1 : 0);
+    switch (key) {
+        case 0: return adam_loop<S, false, false, false>(seg);
+        case 1: return adam_loop<S, false, false, true>(seg);
+        case 2: return adam_loop<S, false, true, false>(seg);
+        case 3: return adam_loop<S, false, true, true>(seg);
+        case 4: return adam_loop<S, true, false, false>(seg);
+        case 5: return adam_loop<S, true, false, true>(seg);
+        case 6: return adam_loop<S, true, true, false>(seg);
+        default: return adam_loop<S, true, true, true>(seg);
+    }
+}
+
+template <typename S>
+void sgd_dtype(const SgdSegment& seg) {
+    const bool mom = seg.momentum != 0.0;
+    const int key = (seg.weight_decay != 0.0 ? 8 : 0) | (mom ? 4 : 0) |
+                    (mom && seg.nesterov ? 2 : 0) | (mom && seg.first_step ? 1 : 0);
+    switch (key) {
+        case 0: return sgd_loop<S, false, false, false, false>(seg);
+        case 4: return sgd_loop<S, false, true, false, false>(seg);
+        case 5: return sgd_loop<S, false, true, false, true>(seg);
+        case 6: return sgd_loop<S, false, true, true, false>(seg);
+        case 7: return sgd_loop<S, false, true, true, true>(seg);
+        case 8: return sgd_loop<S, true, false, false, false>(seg);
+        case 12: return sgd_loop<S, true, true, false, false>(seg);
+        case 13: return sgd_loop<S, true, true, false, true>(seg);
+        case 14: return sgd_loop<S, true, true, true, false>(seg);
+        default: return sgd_loop<S, true, true, true, true>(seg);
+    }
+}
+
+void adam_segment(const AdamSegment& seg) {
+    switch (seg.dtype) {
+        case DType::Float32: return adam_dtype<float>(seg);
+        case DType::Float64: return adam_dtype<double>(seg);
+        case DType::BFloat16: return adam_dtype<BFloat16>(seg);
+        case DType::Float16: return adam_dtype<Float16>(seg);
+    }
+}
+
+void sgd_segment(const SgdSegment& seg) {
+    switch (seg.dtype) {
+        case DType::Float32: return sgd_dtype<float>(seg);
+        case DType::Float64: return sgd_dtype<double>(seg);
+        case DType::BFloat16: return sgd_dtype<BFloat16>(seg);
+        case DType::Float16: return sgd_dtype<Float16>(seg);
+    }
+}
+
+}  // namespace
+
+const KernelTable kernels{&adam_segment, &sgd_segment};
+
+}  // namespace PYLR_KERNEL_NS
+}  // namespace optim
+}  // namespace pylr
