@@ -12,6 +12,9 @@ from pylr.plot import plot_schedule
 
 __version__ = "0.1.0"
 
+# Whether set_num_threads was called; until then pylr.optim sizes the pool like torch's.
+_threads_set_by_user = False
+
 __all__ = ["__version__", "get_num_threads", "plot_schedule", "schedules", "set_num_threads"]
 
 
@@ -21,4 +24,6 @@ def set_num_threads(n: int) -> None:
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    global _threads_set_by_user
     _core.set_num_threads(n)
+    _threads_set_by_user = True

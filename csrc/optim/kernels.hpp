@@ -73,7 +73,7 @@ void adam_loop(const AdamSegment& seg) {
     const AdamScalars<C> s{
         static_cast<C>(seg.grad_factor),  static_cast<C>(seg.weight_decay),
         static_cast<C>(seg.decay_factor), static_cast<C>(1.0 - seg.beta1),
-        static_cast<C>(seg.beta1),        static_cast<C>(seg.beta2),
+        static_cast<C>(seg.beta2),
         static_cast<C>(1.0 - seg.beta2),  static_cast<C>(seg.neg_step_size),
         static_cast<C>(seg.bias_correction2_sqrt), static_cast<C>(seg.eps)};
     S* __restrict p = static_cast<S*>(seg.param);

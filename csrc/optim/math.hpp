@@ -23,6 +23,17 @@
 namespace pylr {
 namespace optim {
 
+// a * b + c as torch's vectorised `add(x, alpha=...)` and `lerp` compute it: one fused
+// multiply-add where the CPU has one (torch's Vectorized::fmadd), else two rounded operations.
+template <typename C>
+PYLR_HD C madd(C a, C b, C c) {
+#if defined(__CUDACC__) || defined(__FMA__) || defined(__aarch64__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 // Scalars constant over one tensor for one Adam step, cast to the compute type. The host
 // computes them in double (bias corrections, step size) as torch does in Python.
 template <typename C>
@@ -31,7 +42,6 @@ struct AdamScalars {
     C weight_decay;           // coupled (Adam) weight decay
     C decay_factor;           // decoupled (AdamW): 1 - lr * weight_decay
     C lerp_weight;            // 1 - beta1
-    C beta1;                  // for torch's lerp when 1 - beta1 >= 0.5
     C beta2;
     C one_minus_beta2;
     C neg_step_size;          // -lr / (1 - beta1^t)
@@ -51,12 +61,13 @@ PYLR_HD void adam_update(C& param, C grad, C& exp_avg, C& exp_avg_sq, C& max_exp
             param = param * s.decay_factor;
         } else {
             // grad = grad.add(param, alpha=weight_decay)
-            grad = grad + s.weight_decay * param;
+            grad = madd(param, s.weight_decay, grad);
         }
     }
-    // exp_avg.lerp_(grad, 1 - beta1): torch's lerp picks its formula by the weight
-    exp_avg = s.lerp_weight < C(0.5) ? exp_avg + s.lerp_weight * (grad - exp_avg)
-                                     : grad - (grad - exp_avg) * s.beta1;
+    // exp_avg.lerp_(grad, 1 - beta1), with torch's two formulas around weight 0.5
+    const C diff = grad - exp_avg;
+    exp_avg = s.lerp_weight < C(0.5) ? madd(s.lerp_weight, diff, exp_avg)
+                                     : madd(s.lerp_weight - C(1), diff, grad);
     // exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     exp_avg_sq = exp_avg_sq * s.beta2;
     exp_avg_sq = exp_avg_sq + s.one_minus_beta2 * grad * grad;
@@ -90,7 +101,7 @@ PYLR_HD void sgd_update(C& param, C grad, C& momentum_buffer, const SgdScalars<C
     grad = grad * s.grad_factor;
     if (HasWeightDecay) {
         // grad = grad.add(param, alpha=weight_decay)
-        grad = grad + s.weight_decay * param;
+        grad = madd(param, s.weight_decay, grad);
     }
     if (HasMomentum) {
         if (FirstStep) {
@@ -98,14 +109,13 @@ PYLR_HD void sgd_update(C& param, C grad, C& momentum_buffer, const SgdScalars<C
             momentum_buffer = grad;
         } else {
             // buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            momentum_buffer = momentum_buffer * s.momentum;
-            momentum_buffer = momentum_buffer + s.one_minus_dampening * grad;
+            momentum_buffer = madd(grad, s.one_minus_dampening, momentum_buffer * s.momentum);
         }
         // grad = grad.add(buf, alpha=momentum) if nesterov else buf
-        grad = Nesterov ? grad + s.momentum * momentum_buffer : momentum_buffer;
+        grad = Nesterov ? madd(momentum_buffer, s.momentum, grad) : momentum_buffer;
     }
     // param.add_(grad, alpha=-lr)
-    param = param + s.neg_lr * grad;
+    param = madd(grad, s.neg_lr, param);
 }
 
 }  // namespace optim

@@ -1,0 +1,606 @@
+"""Drop-in fused optimizers: ``SGD``, ``Adam`` and ``AdamW`` as ``torch.optim.Optimizer``
+subclasses whose whole step — every group, every tensor — is one multi-threaded SIMD C++ call.
+
+Same constructor signatures, defaults, validation messages, param-group keys and state
+(``step`` as a 0-d float32 tensor, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``,
+``momentum_buffer``) as torch 2.13, so state dicts move between ``pylr.optim.X`` and
+``torch.optim.X`` both ways. Hyperparameters are read from the groups at every step, so code that
+edits ``group["lr"]`` and every torch or pylr scheduler works. The formulas are in
+:mod:`pylr.functional`.
+
+Beyond torch:
+
+- ``schedule=``: a :mod:`pylr.schedules` object (a factor on each group's initial lr) or a list
+  with one per group (absolute lrs) whose value at each step is taken in the step itself — no
+  scheduler object. ``group["lr"]`` shows the lr used by the last step.
+- GradScaler hands its ``grad_scale`` and ``found_inf`` over (``_step_supports_amp_scaling``):
+  grads are unscaled in the same pass, and a step with ``found_inf`` set changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.optim import Optimizer
+
+from pylr import _core
+from pylr.functional import (
+    COL_GRAD,
+    PointerTable,
+    build_columns_checked,
+    check_hyper,
+    scalar_ptr,
+)
+from pylr.schedules import Schedule, from_dict
+
+__all__ = ["SGD", "Adam", "AdamW"]
+
+try:  # torch's registries of global hooks (private; absent in some versions)
+    from torch.optim.optimizer import (
+        _global_optimizer_post_hooks,
+        _global_optimizer_pre_hooks,
+    )
+except ImportError:  # pragma: no cover
+    _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {}
+
+_threads_synced = False
+
+
+def _sync_threads() -> None:
+    """Size pylr's pool like torch's intra-op pool, once, unless the user chose a size."""
+    global _threads_synced
+    import pylr
+
+    if not _threads_synced and not pylr._threads_set_by_user:
+        _core.set_num_threads(max(1, torch.get_num_threads()))
+    _threads_synced = True
+
+
+def _as_float(name: str, value: Any) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+class _Plan:
+    """What a step needs beyond the tensors: the pointer table, per-group scalar rows, and the
+    facts the table was built from (so a cheap check tells when to rebuild)."""
+
+    __slots__ = ("flags", "fresh", "grad_strides", "groups", "params", "row_values", "table")
+
+    def __init__(
+        self,
+        table: PointerTable,
+        params: list[torch.Tensor],
+        flags: tuple,
+        n_groups: int,
+        group_columns: int,
+    ) -> None:
+        self.table = table
+        self.params = params
+        self.flags = flags
+        self.grad_strides = [p.stride() for p in params]
+        self.groups = np.zeros((n_groups, group_columns), dtype=np.float64)
+        self.row_values: list[tuple | None] = [None] * n_groups
+        self.fresh = False  # SGD: new momentum buffers to enter the state after the step
+
+
+class _FusedOptimizer(Optimizer):
+    """Shared machinery: step with hooks, the cached plan, schedule fusion, state dicts."""
+
+    _group_columns: ClassVar[int]
+
+    def __init__(self, params: Any, defaults: dict[str, Any], schedule: Any) -> None:
+        if defaults.get("differentiable"):
+            raise ValueError(
+                f"pylr.optim.{type(self).__name__} cannot be differentiable: its step runs in C++"
+                " outside autograd; use torch.optim for differentiable=True"
+            )
+        super().__init__(params, defaults)
+        self._step_supports_amp_scaling = True
+        self._plan: _Plan | None = None
+        self._attach_schedule(schedule)
+        _sync_threads()
+
+    # -- schedule fusion ---------------------------------------------------------------------
+
+    def _attach_schedule(self, schedule: Any) -> None:
+        groups = self.param_groups
+        if schedule is None:
+            for group in groups:
+                group.setdefault("schedule", None)
+            return
+        if isinstance(schedule, Schedule):
+            for group in groups:
+                base = float(_as_float("lr", group["lr"]))
+                group.setdefault("initial_lr", base)
+                group["schedule"] = base * schedule
+        else:
+            items = list(schedule) if isinstance(schedule, Iterable) else None
+            if items is None or len(items) != len(groups):
+                raise ValueError(
+                    "schedule must be a pylr.schedules.Schedule or a list with one per param "
+                    f"group ({len(groups)})"
+                )
+            for i, (group, s) in enumerate(zip(groups, items, strict=True)):
+                if s is not None and not isinstance(s, Schedule):
+                    raise TypeError(
+                        f"schedule[{i}] must be a Schedule or None, not {type(s).__name__}"
+                    )
+                group["schedule"] = s
+        for group in groups:
+            group.setdefault("schedule_step", 0)
+            if group["schedule"] is not None:
+                group["lr"] = group["schedule"](group["schedule_step"])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("schedule", None)
+        param_group.setdefault("schedule_step", 0)
+        super().add_param_group(param_group)
+        self._plan = None
+
+    # -- state dicts -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict; fused schedules are stored as their ``to_dict()`` (so that
+        ``torch.load(weights_only=True)`` reads it)."""
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            s = group.get("schedule")
+            if isinstance(s, Schedule):
+                group["schedule"] = s.to_dict()
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            s = group.get("schedule")
+            group["schedule"] = from_dict(s) if isinstance(s, dict) else s
+            group.setdefault("schedule_step", 0)
+            self._init_group_defaults(group)
+        for state in self.state.values():
+            step = state.get("step")
+            if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
+                state["step"] = step.to(torch.float32)
+        self._plan = None
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._plan = None
+        for group in self.param_groups:
+            group.setdefault("schedule", None)
+            group.setdefault("schedule_step", 0)
+            self._init_group_defaults(group)
+
+    def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        pass
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def step(self, closure: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
+        """One fused step over every param with a gradient; returns ``closure()``'s loss."""
+        if (
+            _global_optimizer_pre_hooks
+            or _global_optimizer_post_hooks
+            or self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or torch.autograd._profiler_enabled()
+        ):
+            return Optimizer.profile_hook_step(type(self)._fused_step)(self, closure)
+        return self._fused_step(closure)
+
+    # torch wraps a subclass's step in a profiling/hook wrapper (~6 us a call); ours runs that
+    # wrapper itself, and only when a hook or the profiler needs it.
+    step.hooked = True  # type: ignore[attr-defined]
+
+    def _fused_step(self, closure: Callable[[], float] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plan = self._prepare()
+        if plan is None:
+            return loss
+        self._fill_group_rows(plan)
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        ok = self._run(
+            plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
+        )
+        if ok:
+            torch._C._increment_version(plan.table.written)
+            self._after_step(plan)
+            for group in self.param_groups:
+                if group["schedule"] is not None:
+                    group["schedule_step"] += 1
+        return loss
+
+    def _prepare(self) -> _Plan | None:
+        """The plan for this step: reused when the same params have grads with the same layout
+        (only the grad pointers are refreshed), rebuilt otherwise."""
+        params: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                g = p.grad
+                if g is not None:
+                    params.append(p)
+                    grads.append(g)
+        if not params:
+            return None
+        plan = self._plan
+        flags = self._plan_flags()
+        if (
+            plan is not None
+            and plan.flags == flags
+            and len(plan.params) == len(params)
+            and all(map(_same, plan.params, params))
+            and plan.table.param_ptrs == [p.data_ptr() for p in params]
+        ):
+            self._refresh_grads(plan, grads)
+            return plan
+        plan = self._build_plan(params, grads, flags)
+        self._plan = plan
+        return plan
+
+    def _refresh_grads(self, plan: _Plan, grads: list[torch.Tensor]) -> None:
+        cached = plan.table.columns[COL_GRAD]
+        table = plan.table.table
+        for i, g in enumerate(grads):
+            if g is not cached[i]:
+                if g.layout != torch.strided or (
+                    g.stride() != plan.grad_strides[i] and g.numel() > 1
+                ):
+                    # let the full checks raise the precise error, before anything is modified
+                    self._check(plan.params, grads)
+                cached[i] = g
+                table[i, COL_GRAD] = g.data_ptr()
+
+    def _check(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        labels = self._labels(params)
+        build_columns_checked(("params", "grads"), [params, grads], labels)
+
+    def _labels(self, params: list[torch.Tensor]) -> list[str]:
+        where = {}
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                where[id(p)] = f"param_groups[{gi}]['params'][{pi}]"
+        return [where[id(p)] for p in params]
+
+    def _fill_group_rows(self, plan: _Plan) -> None:
+        for gi, group in enumerate(self.param_groups):
+            schedule = group["schedule"]
+            if schedule is not None:
+                group["lr"] = schedule._node.value(group["schedule_step"])
+            values = self._group_values(group)
+            if values != plan.row_values[gi]:
+                plan.groups[gi] = self._group_row(group)
+                plan.row_values[gi] = values
+
+    # subclasses: _plan_flags, _build_plan, _group_values, _group_row, _run, _after_step
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is b
+
+
+class Adam(_FusedOptimizer):
+    """Adam (Kingma & Ba) — and AdamW with ``decoupled_weight_decay=True`` — fused.
+
+    Per element, with ``t`` the param's step count after its increment::
+
+        g = -grad if maximize else grad
+        p *= 1 - lr * wd  (decoupled)   or   g += wd * p  (coupled)
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g**2
+        p -= lr / (1 - beta1**t) * m / (sqrt(max(v_max, v) if amsgrad else v)
+                                          / sqrt(1 - beta2**t) + eps)
+    """
+
+    _group_columns = _core.ADAM_GROUP_COLUMNS
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        schedule: Schedule | Sequence[Schedule | None] | None = None,
+    ) -> None:
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        for name, v in (
+            ("lr", lr),
+            ("eps", eps),
+            ("weight_decay", weight_decay),
+            ("betas[0]", betas[0]),
+            ("betas[1]", betas[1]),
+        ):
+            check_hyper(name, v)
+        betas = tuple(float(_as_float("betas", b)) for b in betas)
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults, schedule)
+
+    def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        group.setdefault("amsgrad", False)
+        group.setdefault("maximize", False)
+        group.setdefault("decoupled_weight_decay", False)
+
+    def _plan_flags(self) -> tuple:
+        return tuple(bool(g["amsgrad"]) for g in self.param_groups)
+
+    def _build_plan(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
+    ) -> _Plan:
+        self._check(params, grads)
+        group_of = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                group_of[id(p)] = gi
+        # state, created lazily as torch does (after every check passed)
+        for p in params:
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if flags[group_of[id(p)]] and "max_exp_avg_sq" not in state:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if state["step"].dtype != torch.float32 or state["step"].device.type != "cpu":
+                state["step"] = state["step"].to("cpu", torch.float32)
+        states = [self.state[p] for p in params]
+        rows = [group_of[id(p)] for p in params]
+        columns = [
+            params,
+            grads,
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] if flags[r] else None for s, r in zip(states, rows, strict=True)],
+            [s["step"] for s in states],
+        ]
+        names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state_steps")
+        build_columns_checked(names, columns, self._labels(params))
+        return _Plan(
+            PointerTable(columns, rows), params, flags, len(self.param_groups), self._group_columns
+        )
+
+    def _group_values(self, group: dict[str, Any]) -> tuple:
+        return (
+            group["lr"],
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+            group["amsgrad"],
+            group["maximize"],
+            group["decoupled_weight_decay"],
+        )
+
+    def _group_row(self, group: dict[str, Any]) -> list[float]:
+        beta1, beta2 = group["betas"]
+        return [
+            check_hyper("lr", group["lr"]),
+            check_hyper("betas[0]", beta1, high=1.0),
+            check_hyper("betas[1]", beta2, high=1.0),
+            check_hyper("eps", group["eps"]),
+            check_hyper("weight_decay", group["weight_decay"]),
+            float(bool(group["amsgrad"])),
+            float(bool(group["maximize"])),
+            float(bool(group["decoupled_weight_decay"])),
+        ]
+
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
+        return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf)
+
+    def _after_step(self, plan: _Plan) -> None:
+        pass
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, ``p *= 1 - lr * wd``."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        schedule: Schedule | Sequence[Schedule | None] | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            schedule=schedule,
+        )
+
+    def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        super()._init_group_defaults(group)
+        group["decoupled_weight_decay"] = True
+
+
+class SGD(_FusedOptimizer):
+    """Stochastic gradient descent with momentum, dampening, Nesterov and weight decay, fused.
+
+    Per element::
+
+        g = (-grad if maximize else grad) + wd * p
+        buf = g (first step) or momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf        (momentum != 0)
+        p -= lr * g
+    """
+
+    _group_columns = _core.SGD_GROUP_COLUMNS
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | torch.Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        schedule: Schedule | Sequence[Schedule | None] | None = None,
+    ) -> None:
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        for name, v in (
+            ("lr", lr),
+            ("momentum", momentum),
+            ("dampening", dampening),
+            ("weight_decay", weight_decay),
+        ):
+            check_hyper(name, v, low=-math.inf)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults, schedule)
+
+    def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        group.setdefault("nesterov", False)
+        group.setdefault("maximize", False)
+
+    def _plan_flags(self) -> tuple:
+        # a momentum switched on or off, or a buffer that is new or was loaded, means a new plan
+        flags = []
+        for group in self.param_groups:
+            uses = group["momentum"] != 0
+            flags.append(uses)
+        return tuple(flags)
+
+    def _build_plan(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
+    ) -> _Plan:
+        self._check(params, grads)
+        group_of = {}
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                group_of[id(p)] = gi
+        rows = [group_of[id(p)] for p in params]
+        buffers: list[torch.Tensor | None] = []
+        first: list[bool] = []
+        for p, r in zip(params, rows, strict=True):
+            if not flags[r]:
+                buffers.append(None)
+                first.append(False)
+                continue
+            buf = self.state[p].get("momentum_buffer")
+            if buf is None:
+                buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                first.append(True)
+            else:
+                first.append(False)
+            buffers.append(buf)
+        columns = [params, grads, buffers]
+        build_columns_checked(("params", "grads", "momentum_buffer"), columns, self._labels(params))
+        plan = _Plan(
+            PointerTable(columns, rows, first_step=first),
+            params,
+            flags,
+            len(self.param_groups),
+            self._group_columns,
+        )
+        plan.fresh = any(first)
+        return plan
+
+    def _group_values(self, group: dict[str, Any]) -> tuple:
+        return (
+            group["lr"],
+            group["momentum"],
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
+        )
+
+    def _group_row(self, group: dict[str, Any]) -> list[float]:
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        return [
+            check_hyper("lr", group["lr"]),
+            check_hyper("momentum", group["momentum"]),
+            check_hyper("dampening", group["dampening"], low=-math.inf),
+            check_hyper("weight_decay", group["weight_decay"]),
+            float(bool(group["nesterov"])),
+            float(bool(group["maximize"])),
+        ]
+
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
+        return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf)
+
+    def _after_step(self, plan: _Plan) -> None:
+        # new buffers enter the state only once a step has filled them
+        if plan.fresh:
+            for p, buf in zip(plan.params, plan.table.columns[2], strict=True):
+                if buf is not None:
+                    self.state[p]["momentum_buffer"] = buf
+            plan.fresh = False
