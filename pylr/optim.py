@@ -20,7 +20,9 @@ Beyond torch:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import Any, ClassVar
 
 import numpy as np
@@ -48,6 +50,9 @@ except ImportError:  # pragma: no cover
     _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {}
 
 _threads_synced = False
+_get_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+_stride = torch.Tensor.stride
 
 
 def _sync_threads() -> None:
@@ -68,7 +73,18 @@ class _Plan:
     """What a step needs beyond the tensors: the pointer table, per-group scalar rows, and the
     facts the table was built from (so a cheap check tells when to rebuild)."""
 
-    __slots__ = ("flags", "fresh", "grad_strides", "groups", "params", "row_values", "table")
+    __slots__ = (
+        "all_params",
+        "flags",
+        "fresh",
+        "grad_strides",
+        "group_params",
+        "groups",
+        "has_grad",
+        "params",
+        "row_values",
+        "table",
+    )
 
     def __init__(
         self,
@@ -85,6 +101,10 @@ class _Plan:
         self.groups = np.zeros((n_groups, group_columns), dtype=np.float64)
         self.row_values: list[tuple | None] = [None] * n_groups
         self.fresh = False  # SGD: new momentum buffers to enter the state after the step
+        # every param of every group when the plan was made, and which had a grad
+        self.group_params: list[list[torch.Tensor]] = []
+        self.all_params: list[torch.Tensor] = params
+        self.has_grad: list[bool] = []
 
 
 class _FusedOptimizer(Optimizer):
@@ -210,7 +230,9 @@ class _FusedOptimizer(Optimizer):
             plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
         )
         if ok:
-            torch._C._increment_version(plan.table.written)
+            # autograd's version counters guard tensors saved for backward: the params (the
+            # optimizer's own state never enters a graph)
+            torch._C._increment_version(plan.params)
             self._after_step(plan)
             for group in self.param_groups:
                 if group["schedule"] is not None:
@@ -218,10 +240,23 @@ class _FusedOptimizer(Optimizer):
         return loss
 
     def _prepare(self) -> _Plan | None:
-        """The plan for this step: reused when the same params have grads with the same layout
-        (only the grad pointers are refreshed), rebuilt otherwise."""
+        """The plan for this step. The fast path — same params, same groups, same flags — only
+        re-reads the grads (a new grad object, as after ``zero_grad(set_to_none=True)``, just
+        refreshes its pointer once its layout is checked); anything else rebuilds the plan."""
+        plan = self._plan
+        if plan is not None and plan.flags == self._plan_flags() and self._same_groups(plan):
+            grads_all = list(map(_get_grad, plan.all_params))
+            if list(map(operator.is_not, grads_all, repeat(None))) == plan.has_grad:
+                grads = (
+                    grads_all
+                    if plan.params is plan.all_params
+                    else [g for g in grads_all if g is not None]
+                )
+                if list(map(_data_ptr, plan.params)) == plan.table.param_ptrs:
+                    self._refresh_grads(plan, grads)
+                    return plan
         params: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
+        grads = []
         for group in self.param_groups:
             for p in group["params"]:
                 g = p.grad
@@ -229,34 +264,43 @@ class _FusedOptimizer(Optimizer):
                     params.append(p)
                     grads.append(g)
         if not params:
+            self._plan = None
             return None
-        plan = self._plan
-        flags = self._plan_flags()
-        if (
-            plan is not None
-            and plan.flags == flags
-            and len(plan.params) == len(params)
-            and all(map(_same, plan.params, params))
-            and plan.table.param_ptrs == [p.data_ptr() for p in params]
-        ):
-            self._refresh_grads(plan, grads)
-            return plan
-        plan = self._build_plan(params, grads, flags)
+        plan = self._build_plan(params, grads, self._plan_flags())
+        plan.group_params = [list(g["params"]) for g in self.param_groups]
+        plan.all_params = [p for g in plan.group_params for p in g]
+        plan.has_grad = [p.grad is not None for p in plan.all_params]
+        if len(plan.all_params) == len(params):
+            plan.all_params = plan.params
         self._plan = plan
         return plan
 
+    def _same_groups(self, plan: _Plan) -> bool:
+        groups = self.param_groups
+        if len(groups) != len(plan.group_params):
+            return False
+        for group, cached in zip(groups, plan.group_params, strict=True):
+            current = group["params"]
+            if len(current) != len(cached) or not all(map(operator.is_, current, cached)):
+                return False
+        return True
+
     def _refresh_grads(self, plan: _Plan, grads: list[torch.Tensor]) -> None:
         cached = plan.table.columns[COL_GRAD]
-        table = plan.table.table
-        for i, g in enumerate(grads):
-            if g is not cached[i]:
-                if g.layout != torch.strided or (
-                    g.stride() != plan.grad_strides[i] and g.numel() > 1
-                ):
-                    # let the full checks raise the precise error, before anything is modified
-                    self._check(plan.params, grads)
-                cached[i] = g
-                table[i, COL_GRAD] = g.data_ptr()
+        if all(map(operator.is_, grads, cached)):
+            return
+        try:
+            ptrs = list(map(_data_ptr, grads))
+            same_layout = list(map(_stride, grads)) == plan.grad_strides
+        except RuntimeError:  # a sparse grad has no data pointer
+            same_layout = False
+        if not same_layout:
+            # the full checks raise the precise error before anything is modified (or accept
+            # strides that differ only on tensors of one element)
+            self._check(plan.params, grads)
+            ptrs = list(map(_data_ptr, grads))
+        plan.table.table[:, COL_GRAD] = ptrs
+        plan.table.columns[COL_GRAD] = grads
 
     def _check(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         labels = self._labels(params)
@@ -280,10 +324,6 @@ class _FusedOptimizer(Optimizer):
                 plan.row_values[gi] = values
 
     # subclasses: _plan_flags, _build_plan, _group_values, _group_row, _run, _after_step
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a is b
 
 
 class Adam(_FusedOptimizer):

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "optim/kernel_api.hpp"
 #include "parallel.hpp"
@@ -16,15 +18,22 @@ constexpr std::int64_t kParallelMin = 1 << 14;
 // Chunk boundaries fall on multiples of this many elements (a 64-byte line of float32).
 constexpr std::int64_t kAlign = 16;
 
+// PYLR_KERNELS=generic|avx2|avx512 narrows the choice (for tests and comparisons); a set the CPU
+// lacks is never taken.
+bool allowed(const char* isa) noexcept {
+    const char* want = std::getenv("PYLR_KERNELS");
+    return want == nullptr || *want == '\0' || std::strcmp(want, isa) == 0;
+}
+
 const KernelTable& select_kernels() noexcept {
 #if (defined(__x86_64__) || defined(_M_X64)) && defined(PYLR_HAVE_X86_KERNELS)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    if (allowed("avx512") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma")) {
         return avx512::kernels;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+    if (allowed("avx2") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
         return avx2::kernels;
     }
