@@ -158,10 +158,25 @@ PYBIND11_MODULE(_core, m) {
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
         py::arg("found_inf") = 0,
         "One SGD step over a pointer table; False when skipped for found_inf.");
+    m.def(
+        "roofline_step",
+        [](Table& table, int n_states) {
+            if (table.ndim() != 2 || table.shape(1) != pylr::optim::kTableColumns) {
+                throw py::value_error("bad table");
+            }
+            std::int64_t* t = table.mutable_data();
+            const std::int64_t n = table.shape(0);
+            py::gil_scoped_release release;
+            pylr::optim::roofline_step(t, n, n_states);
+        },
+        py::arg("table").noconvert(), py::arg("n_states"),
+        "Stream the bytes of a float32 step with trivial arithmetic (the bandwidth roofline).");
     m.def("kernel_isa", &pylr::optim::kernel_isa, "The SIMD instruction set of the kernels.");
     m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
+    m.def("prepare_threads", &pylr::prepare_threads,
+          "Wake idle pool threads ahead of a step (returns at once).");
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");
     m.def(

@@ -68,6 +68,15 @@ class ThreadPool {
 
     int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
 
+    // Wakes sleeping workers so that they spin, ready for a job about to be posted.
+    void prepare() {
+        if (sleepers_.load() > 0) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            ++wake_hint_;
+            wake_.notify_all();
+        }
+    }
+
     void resize(int n_threads) {
         std::lock_guard<std::mutex> serial(run_mutex_);
         stop_workers();
@@ -82,20 +91,28 @@ class ThreadPool {
         }
     }
 
-    // Waits for a generation other than `seen`: spins for kSpinFor, then sleeps.
+    // Waits for a generation other than `seen`: spins for kSpinFor, then sleeps. A wake-up hint
+    // (prepare()) sends a sleeping worker back to spinning, so a job posted soon after finds it
+    // awake.
     std::uint64_t wait_for_job(std::uint64_t seen) {
-        const auto deadline = std::chrono::steady_clock::now() + kSpinFor;
-        for (unsigned spins = 0;; ++spins) {
+        for (;;) {
+            const auto deadline = std::chrono::steady_clock::now() + kSpinFor;
+            for (unsigned spins = 0;; ++spins) {
+                const std::uint64_t g = generation_.load(std::memory_order_acquire);
+                if (g != seen || stop_.load(std::memory_order_relaxed)) return g;
+                if ((spins & 63u) == 63u && std::chrono::steady_clock::now() > deadline) break;
+                cpu_relax();
+            }
+            std::unique_lock<std::mutex> lock(mutex_);
+            const std::uint64_t hint = wake_hint_;
+            sleepers_.fetch_add(1);  // seq_cst: pairs with the generation bump in run()
+            wake_.wait(lock, [&] {
+                return stop_.load() || generation_.load() != seen || wake_hint_ != hint;
+            });
+            sleepers_.fetch_sub(1);
             const std::uint64_t g = generation_.load(std::memory_order_acquire);
-            if (g != seen || stop_.load(std::memory_order_relaxed)) return g;
-            if ((spins & 63u) == 63u && std::chrono::steady_clock::now() > deadline) break;
-            cpu_relax();
+            if (g != seen || stop_.load()) return g;
         }
-        std::unique_lock<std::mutex> lock(mutex_);
-        sleepers_.fetch_add(1);  // seq_cst: pairs with the generation bump in run()
-        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
-        sleepers_.fetch_sub(1);
-        return generation_.load(std::memory_order_acquire);
     }
 
     // `seen` is the generation current when the worker was created: a job posted before the
@@ -138,6 +155,7 @@ class ThreadPool {
     std::atomic<int> sleepers_{0};
     std::atomic<std::size_t> pending_{0};
     std::atomic<std::size_t> next_{0};
+    std::uint64_t wake_hint_ = 0;  // guarded by mutex_
     const ChunkFn* fn_ = nullptr;  // published by the generation bump
     std::size_t n_chunks_ = 0;
 };
@@ -172,6 +190,8 @@ ThreadPool& pool() {
 void parallel_for(std::size_t n_chunks, const ChunkFn& fn) noexcept { pool().run(n_chunks, fn); }
 
 int get_num_threads() noexcept { return pool().size(); }
+
+void prepare_threads() noexcept { pool().prepare(); }
 
 void set_num_threads(int n) noexcept {
     ThreadPool& p = pool();

@@ -16,7 +16,15 @@ from typing import Any
 
 from pylr import _core, schedules
 
-__all__ = ["SCHEDULER_CASES", "make_scheduler_pair", "run_bench", "time_call"]
+__all__ = [
+    "ALGORITHMS",
+    "SCHEDULER_CASES",
+    "bench_optimizer",
+    "load_workloads",
+    "make_scheduler_pair",
+    "run_bench",
+    "time_call",
+]
 
 
 def time_call(fn: Callable[[], Any], *, number: int, repeat: int = 5) -> float:
@@ -104,6 +112,201 @@ def _bench_schedulers(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------------------------
+# Optimizer steps
+
+
+def load_workloads(quick: bool = False) -> dict[str, dict[str, Any]]:
+    """The parameter shapes of the benchmark workloads (pylr/workloads.json); ``quick`` scales
+    the large ones down for smoke tests."""
+    from importlib import resources
+
+    data = json.loads(resources.files("pylr").joinpath("workloads.json").read_text())
+    if quick:
+        data = {
+            "tiny_mlp": data["tiny_mlp"],
+            "many_small": {"about": "400 tensors of 4096 elements", "shapes": [[4096]] * 400},
+            "one_large": {"about": "one tensor of 4M elements", "shapes": [[1 << 22]]},
+        }
+    return data
+
+
+# name -> (bytes moved per float32 element, state tensors per param, torch kwargs)
+ALGORITHMS: dict[str, tuple[int, int, dict[str, Any]]] = {
+    "AdamW": (28, 2, {"lr": 1e-3, "weight_decay": 1e-2}),
+    "Adam": (28, 2, {"lr": 1e-3}),
+    "SGD": (20, 1, {"lr": 1e-3, "momentum": 0.9}),
+}
+
+
+def _make_params(shapes: list[list[int]]) -> list[Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02)
+        p.grad = torch.randn(s, generator=gen) * 1e-3
+        params.append(p)
+    return params
+
+
+def _steppers(algo: str, params: list[Any], impl: str) -> Callable[[], Any]:
+    """A zero-argument callable doing one step of ``algo`` with implementation ``impl``."""
+    import torch
+
+    from pylr import functional as F
+    from pylr import optim as pylr_optim
+
+    _, n_states, kwargs = ALGORITHMS[algo]
+    if impl.startswith("torch"):
+        flavour = {
+            "torch for-loop": {"foreach": False},
+            "torch foreach": {"foreach": True},
+            "torch fused": {"fused": True},
+        }[impl]
+        return getattr(torch.optim, algo)(params, **kwargs, **flavour).step
+    if impl == "pylr":
+        return getattr(pylr_optim, algo)(params, **kwargs).step
+    grads = [p.grad for p in params]
+    if impl == "pylr functional":
+        if algo == "SGD":
+            bufs: list[Any] = [None] * len(params)
+            return lambda: F.sgd_(params, grads, bufs, lr=1e-3, momentum=0.9)
+        m = [torch.zeros_like(p) for p in params]
+        v = [torch.zeros_like(p) for p in params]
+        steps = [torch.tensor(0.0) for _ in params]
+        fn = F.adamw_ if algo == "AdamW" else F.adam_
+        extra = {"weight_decay": 1e-2} if algo == "AdamW" else {}
+        return lambda: fn(params, grads, m, v, None, steps, lr=1e-3, **extra)
+    if impl == "roofline":
+        opt = getattr(pylr_optim, algo)(params, **kwargs)
+        opt.step()
+        # the closure keeps the optimizer (and so the tensors behind the table) alive
+        return lambda: _core.roofline_step(opt._plan.table.table, n_states)
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def bench_optimizer(
+    algo: str, shapes: list[list[int]], impls: list[str], budget_s: float = 0.3
+) -> dict[str, float]:
+    """Seconds per step of ``algo`` on params of ``shapes`` for each implementation, each on its
+    own fresh params (so no implementation warms the caches for another)."""
+    import gc
+
+    out = {}
+    for impl in impls:
+        params = _make_params(shapes)
+        step = _steppers(algo, params, impl)
+        step()  # state allocation and plan building are not timed
+        start = time.perf_counter()
+        step()
+        once = max(time.perf_counter() - start, 1e-7)
+        number = max(1, min(2000, int(budget_s / 3 / once)))
+        out[impl] = time_call(step, number=number, repeat=3)
+        del step, params
+        gc.collect()
+    return out
+
+
+def _bench_optimizers(quick: bool) -> list[dict[str, Any]]:
+    impls = ["torch fused", "pylr", "pylr functional", "roofline"]
+    if not quick:
+        impls = ["torch for-loop", "torch foreach", *impls]
+    algos = ["AdamW", "SGD"] if quick else list(ALGORITHMS)
+    rows = []
+    for name, w in load_workloads(quick).items():
+        elements = sum(math.prod(s) for s in w["shapes"])
+        for algo in algos:
+            bytes_per_elem = ALGORITHMS[algo][0]
+            times = bench_optimizer(algo, w["shapes"], impls, budget_s=0.05 if quick else 0.6)
+            gbs = {k: elements * bytes_per_elem / t / 1e9 for k, t in times.items()}
+            rows.append(
+                {
+                    "workload": name,
+                    "algorithm": algo,
+                    "tensors": len(w["shapes"]),
+                    "elements": elements,
+                    "ms_per_step": {k: t * 1e3 for k, t in times.items()},
+                    "gb_per_s": gbs,
+                    "speedup_vs_fused": times["torch fused"] / times["pylr"],
+                    "functional_speedup_vs_fused": times["torch fused"] / times["pylr functional"],
+                    "fraction_of_roofline": times["roofline"] / times["pylr"],
+                }
+            )
+    return rows
+
+
+def _bench_loops(quick: bool) -> list[dict[str, Any]]:
+    """Whole iterations (zero_grad, forward, backward, step) with torch's fused AdamW and
+    pylr's: the step must stay fast while torch's own threads are busy around it."""
+    import torch
+
+    from pylr import optim as pylr_optim
+
+    def mlp() -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Linear(784, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 10),
+        )
+
+    def block() -> torch.nn.Module:
+        return torch.nn.TransformerEncoderLayer(256, 4, 1024, dropout=0.0, batch_first=True)
+
+    cases = {
+        "mlp 784-128-64-10, batch 64": (mlp, torch.randn(64, 784)),
+        "transformer block d=256, 8x64 tokens": (block, torch.randn(8, 64, 256)),
+    }
+    rows = []
+    for name, (make, x) in cases.items():
+        times = {}
+        for impl in ("torch fused", "pylr"):
+            torch.manual_seed(0)
+            model = make()
+            opt = (
+                torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+                if impl == "torch fused"
+                else pylr_optim.AdamW(model.parameters(), lr=1e-3)
+            )
+
+            def iteration(model: torch.nn.Module = model, opt: Any = opt, x: Any = x) -> None:
+                opt.zero_grad()
+                model(x).float().square().mean().backward()
+                opt.step()
+
+            iteration()
+            times[impl] = time_call(iteration, number=20 if quick else 100, repeat=3)
+        rows.append(
+            {
+                "loop": name,
+                "torch_fused_ms": times["torch fused"] * 1e3,
+                "pylr_ms": times["pylr"] * 1e3,
+                "speedup": times["torch fused"] / times["pylr"],
+            }
+        )
+    return rows
+
+
+def _print_optimizers(rows: list[dict[str, Any]]) -> None:
+    impls = list(rows[0]["ms_per_step"])
+    print("Optimizer step, ms/step (float32; each implementation timed in this run)")
+    head = "".join(f"{k:>16}" for k in impls)
+    print(
+        f"  {'workload':<11} {'algo':<6}{head} {'pylr GB/s':>10} {'x fused':>8} "
+        f"{'x fused (F)':>12} {'% roofline':>11}"
+    )
+    for r in rows:
+        cells = "".join(f"{r['ms_per_step'][k]:>16.3f}" for k in impls)
+        print(
+            f"  {r['workload']:<11} {r['algorithm']:<6}{cells} {r['gb_per_s']['pylr']:>10.1f} "
+            f"{r['speedup_vs_fused']:>7.2f}x {r['functional_speedup_vs_fused']:>11.2f}x "
+            f"{100 * r['fraction_of_roofline']:>10.0f}%"
+        )
+
+
 def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, Any]:
     """Time pylr against torch in one run, print tables, optionally write JSON; returns results."""
     import torch
@@ -115,8 +318,11 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
             "cpu": platform.processor() or platform.machine(),
             "pylr_threads": _core.get_num_threads(),
         },
+        "kernel_isa": _core.kernel_isa(),
         "schedules": _bench_schedules(quick),
         "schedulers": _bench_schedulers(quick),
+        "optimizers": _bench_optimizers(quick),
+        "loops": _bench_loops(quick),
     }
     print("Schedules (pylr, closed form in C++)")
     print(f"  {'schedule':<10} {'values(1M) ms':>14} {'schedule(t) ns':>15}")
@@ -128,6 +334,13 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
         print(
             f"  {r['scheduler']:<18} {r['torch_us']:>9.2f} {r['pylr_us']:>9.2f} "
             f"{r['speedup']:>7.2f}x"
+        )
+    _print_optimizers(results["optimizers"])
+    print("Whole training iteration (zero_grad, forward, backward, AdamW step), ms/iteration")
+    for r in results["loops"]:
+        print(
+            f"  {r['loop']:<38} torch fused {r['torch_fused_ms']:>8.3f}   pylr "
+            f"{r['pylr_ms']:>8.3f}   {r['speedup']:>5.2f}x"
         )
     if json_path:
         with open(json_path, "w") as f:

@@ -220,6 +220,7 @@ class _FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        _core.prepare_threads()  # the pool wakes while Python prepares the step
         plan = self._prepare()
         if plan is None:
             return loss

@@ -177,5 +177,33 @@ bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
     return true;
 }
 
+void roofline_step(std::int64_t* table, std::int64_t n_rows, int n_states) noexcept {
+    for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
+        const std::int64_t* r = row(table, i);
+        float* __restrict p = ptr<float>(r, kColParam) + b;
+        const float* __restrict g = ptr<const float>(r, kColGrad) + b;
+        float* __restrict s0 = n_states > 0 ? ptr<float>(r, kColState0) + b : nullptr;
+        float* __restrict s1 = n_states > 1 ? ptr<float>(r, kColState1) + b : nullptr;
+        const std::int64_t n = e - b;
+        // read param, grad and the states; write param and the states back
+        if (n_states >= 2) {
+            for (std::int64_t k = 0; k < n; ++k) {
+                const float gk = g[k];
+                p[k] += gk;
+                s0[k] += gk;
+                s1[k] += gk;
+            }
+        } else if (n_states == 1) {
+            for (std::int64_t k = 0; k < n; ++k) {
+                const float gk = g[k];
+                p[k] += gk;
+                s0[k] += gk;
+            }
+        } else {
+            for (std::int64_t k = 0; k < n; ++k) p[k] += g[k];
+        }
+    });
+}
+
 }  // namespace optim
 }  // namespace pylr

@@ -44,6 +44,11 @@ bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
 bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
               const float* grad_scale, const float* found_inf) noexcept;
 
+// A streaming kernel over the same float32 tensors and threads as a step, moving the same bytes
+// with no arithmetic to speak of: the memory-bandwidth roofline that benchmarks compare a step
+// with. n_states is 2 for Adam (exp_avg, exp_avg_sq) and 1 for SGD with momentum.
+void roofline_step(std::int64_t* table, std::int64_t n_rows, int n_states) noexcept;
+
 // The instruction set the kernels use on this CPU: "avx512", "avx2" or "generic".
 const char* kernel_isa() noexcept;
 
