@@ -1,7 +1,5 @@
 // The persistent pool behind parallel_for. Between jobs workers spin briefly, then sleep on a
-// condition variable; each job bumps a generation counter, and every worker takes part in every
-// generation (maybe with zero chunks), so the caller can wait for all of them and no worker ever
-// sees a stale job.
+// condition variable; each job bumps a generation counter that wakes them.
 //
 // After fork() (DataLoader workers, multiprocessing) the child has none of the parent's threads
 // and may inherit a locked mutex, so a child process abandons the inherited state and builds a
@@ -34,6 +32,11 @@ inline void cpu_relax() {
 #endif
 }
 
+// Chunks are claimed through one atomic ticket, (generation << 32) | next chunk, so a worker can
+// only ever claim a chunk of the job that is current. The caller claims chunks too and waits
+// only for chunks other threads have claimed and not finished: a worker the OS has not run yet
+// (torch's OpenMP threads may still be spinning on the other core) delays nothing, its chunks
+// are simply taken by the caller.
 class ThreadPool {
   public:
     explicit ThreadPool(int n_threads) { start_workers(n_threads); }
@@ -45,25 +48,24 @@ class ThreadPool {
             for (std::size_t i = 0; i < n_chunks; ++i) fn(i);
             return;
         }
-        fn_ = &fn;
-        n_chunks_ = n_chunks;
-        next_.store(0, std::memory_order_relaxed);
-        pending_.store(workers_.size(), std::memory_order_relaxed);
-        generation_.fetch_add(1);  // seq_cst: pairs with the sleepers_ check below
+        const std::uint64_t g = (generation_.load(std::memory_order_relaxed) + 1) & 0xffffffffu;
+        fn_.store(&fn, std::memory_order_relaxed);
+        n_chunks_.store(n_chunks, std::memory_order_relaxed);
+        ticket_.store(g << 32, std::memory_order_release);
+        generation_.store(g);  // seq_cst: pairs with the sleepers_ check below
         if (sleepers_.load() > 0) {
             std::lock_guard<std::mutex> lock(mutex_);
             wake_.notify_all();
         }
-        take_chunks(fn, n_chunks);
-        // wait for the workers: spin briefly, then let the OS run them if they were preempted
-        for (unsigned spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+        work_on(g);
+        // chunks claimed by a worker and still running
+        for (unsigned spins = 0; in_flight_.load(std::memory_order_acquire) != 0; ++spins) {
             if (spins < 4096) {
                 cpu_relax();
             } else {
                 std::this_thread::yield();
             }
         }
-        fn_ = nullptr;
     }
 
     int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
@@ -84,16 +86,30 @@ class ThreadPool {
     }
 
   private:
-    void take_chunks(const ChunkFn& fn, std::size_t n_chunks) {
-        for (std::size_t i = next_.fetch_add(1, std::memory_order_relaxed); i < n_chunks;
-             i = next_.fetch_add(1, std::memory_order_relaxed)) {
-            fn(i);
+    // Claims and runs chunks of job g until none is left.
+    void work_on(std::uint64_t g) {
+        for (;;) {
+            in_flight_.fetch_add(1, std::memory_order_acq_rel);
+            std::uint64_t t = ticket_.load(std::memory_order_acquire);
+            bool claimed = false;
+            while ((t >> 32) == g && (t & 0xffffffffu) < n_chunks_.load(std::memory_order_acquire)) {
+                if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) {
+                    claimed = true;
+                    break;
+                }
+            }
+            if (!claimed) {
+                in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+                return;
+            }
+            // the job cannot change while one of its chunks is claimed and unfinished
+            (*fn_.load(std::memory_order_acquire))(static_cast<std::size_t>(t & 0xffffffffu));
+            in_flight_.fetch_sub(1, std::memory_order_acq_rel);
         }
     }
 
     // Waits for a generation other than `seen`: spins for kSpinFor, then sleeps. A wake-up hint
-    // (prepare()) sends a sleeping worker back to spinning, so a job posted soon after finds it
-    // awake.
+    // (prepare()) sends a sleeping worker back to spinning.
     std::uint64_t wait_for_job(std::uint64_t seen) {
         for (;;) {
             const auto deadline = std::chrono::steady_clock::now() + kSpinFor;
@@ -105,7 +121,7 @@ class ThreadPool {
             }
             std::unique_lock<std::mutex> lock(mutex_);
             const std::uint64_t hint = wake_hint_;
-            sleepers_.fetch_add(1);  // seq_cst: pairs with the generation bump in run()
+            sleepers_.fetch_add(1);  // seq_cst: pairs with the generation store in run()
             wake_.wait(lock, [&] {
                 return stop_.load() || generation_.load() != seen || wake_hint_ != hint;
             });
@@ -115,14 +131,11 @@ class ThreadPool {
         }
     }
 
-    // `seen` is the generation current when the worker was created: a job posted before the
-    // thread first runs is still one it must take part in.
     void worker_loop(std::uint64_t seen) {
         for (;;) {
             seen = wait_for_job(seen);
             if (stop_.load()) return;
-            take_chunks(*fn_, n_chunks_);
-            pending_.fetch_sub(1, std::memory_order_acq_rel);
+            work_on(seen);
         }
     }
 
@@ -151,13 +164,13 @@ class ThreadPool {
     std::condition_variable wake_;
     std::vector<std::thread> workers_;
     std::atomic<std::uint64_t> generation_{0};
+    std::atomic<std::uint64_t> ticket_{0};
+    std::atomic<std::size_t> n_chunks_{0};
+    std::atomic<const ChunkFn*> fn_{nullptr};
+    std::atomic<int> in_flight_{0};
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
-    std::atomic<std::size_t> pending_{0};
-    std::atomic<std::size_t> next_{0};
     std::uint64_t wake_hint_ = 0;  // guarded by mutex_
-    const ChunkFn* fn_ = nullptr;  // published by the generation bump
-    std::size_t n_chunks_ = 0;
 };
 
 int default_thread_count() noexcept {

@@ -15,6 +15,9 @@ namespace {
 
 // Below this many elements one thread does the whole step: waking the pool costs more.
 constexpr std::int64_t kParallelMin = 1 << 14;
+// Work is cut into chunks of about this many elements (at least one per thread, at most 16 per
+// thread), claimed dynamically: a thread that starts late takes fewer.
+constexpr std::int64_t kChunkElements = 1 << 15;
 // Chunk boundaries fall on multiples of this many elements (a 64-byte line of float32).
 constexpr std::int64_t kAlign = 16;
 
@@ -56,14 +59,17 @@ inline T* ptr(const std::int64_t* r, int col) {
 }
 
 // Runs visit(row_index, begin, end) over every tensor segment of the element range of each
-// chunk; chunks are balanced across the pool.
+// chunk; chunks are cut regardless of tensor boundaries and spread over the pool.
 template <typename Visit>
 void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit) {
     if (n_rows == 0) return;
     const std::int64_t* last = row(table, n_rows - 1);
     const std::int64_t total = last[kColOffset] + last[kColNumel];
-    const int threads = get_num_threads();
-    const std::int64_t n_chunks = total < kParallelMin ? 1 : threads;
+    const std::int64_t threads = get_num_threads();
+    // a multiple of the thread count, so that equal shares stay possible
+    const std::int64_t per_thread = std::min<std::int64_t>(
+        16, std::max<std::int64_t>(1, total / kChunkElements / threads));
+    const std::int64_t n_chunks = total < kParallelMin || threads == 1 ? 1 : threads * per_thread;
     auto run_chunk = [&](std::size_t c) {
         const auto ci = static_cast<std::int64_t>(c);
         std::int64_t begin = ci == 0 ? 0 : (total * ci / n_chunks) / kAlign * kAlign;

@@ -46,11 +46,37 @@ inline float load(BFloat16 x) {
     std::memcpy(&f, &u, sizeof f);
     return f;
 }
+#if defined(__FLT16_MAX__)
+// The compiler's half type: F16C / AVX-512 conversions where the target has them.
 inline float load(Float16 x) {
     _Float16 h;
     std::memcpy(&h, &x.bits, sizeof h);
     return static_cast<float>(h);
 }
+#else
+// IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
+inline float load(Float16 x) {
+    const std::uint32_t sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
+    std::uint32_t exp = (x.bits >> 10) & 0x1fu, mant = x.bits & 0x3ffu, u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {
+        u = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        u = sign;
+    } else {  // subnormal: normalise
+        exp = 113;
+        while ((mant & 0x400u) == 0) {
+            mant <<= 1;
+            --exp;
+        }
+        u = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+#endif
 
 inline void store(float& dst, float v) { dst = v; }
 inline void store(double& dst, double v) { dst = v; }
@@ -62,10 +88,38 @@ inline void store(BFloat16& dst, float v) {
     const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
     dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
 }
+#if defined(__FLT16_MAX__)
 inline void store(Float16& dst, float v) {
     const _Float16 h = static_cast<_Float16>(v);  // IEEE round to nearest even
     std::memcpy(&dst.bits, &h, sizeof h);
 }
+#else
+// binary32 -> binary16 with round to nearest even, overflow to infinity, NaN kept quiet.
+inline void store(Float16& dst, float v) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    const std::uint32_t sign = (u >> 16) & 0x8000u;
+    const std::uint32_t abs = u & 0x7fffffffu;
+    std::uint32_t h;
+    if (abs > 0x7f800000u) {
+        h = 0x7e00u;  // NaN
+    } else if (abs >= 0x477ff000u) {
+        h = 0x7c00u;  // rounds to infinity (or is one)
+    } else if (abs >= 0x38800000u) {  // normal half
+        const std::uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);
+        h = (r - 0x38000000u) >> 13;
+    } else if (abs > 0x33000000u) {  // subnormal half
+        const std::uint32_t e = abs >> 23, m = (abs & 0x7fffffu) | 0x800000u;
+        const std::uint32_t shift = 126u - e;  // 14..24
+        const std::uint32_t half = 1u << (shift - 1);
+        const std::uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u);
+        h = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
+    } else {
+        h = 0;  // rounds to zero
+    }
+    dst.bits = static_cast<std::uint16_t>(sign | h);
+}
+#endif
 
 template <typename S, bool Decoupled, bool HasWd, bool Amsgrad>
 void adam_loop(const AdamSegment& seg) {
