@@ -303,6 +303,10 @@ class _FusedOptimizer(Optimizer):
         plan.table.table[:, COL_GRAD] = ptrs
         plan.table.columns[COL_GRAD] = grads
 
+    def _group_index(self) -> dict[int, int]:
+        """id(param) -> the index of its param group."""
+        return {id(p): gi for gi, group in enumerate(self.param_groups) for p in group["params"]}
+
     def _check(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         labels = self._labels(params)
         build_columns_checked(("params", "grads"), [params, grads], labels)
@@ -406,10 +410,7 @@ class Adam(_FusedOptimizer):
         self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
     ) -> _Plan:
         self._check(params, grads)
-        group_of = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                group_of[id(p)] = gi
+        group_of = self._group_index()
         # state, created lazily as torch does (after every check passed)
         for p in params:
             state = self.state[p]
@@ -582,10 +583,7 @@ class SGD(_FusedOptimizer):
         self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
     ) -> _Plan:
         self._check(params, grads)
-        group_of = {}
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                group_of[id(p)] = gi
+        group_of = self._group_index()
         rows = [group_of[id(p)] for p in params]
         buffers: list[torch.Tensor | None] = []
         first: list[bool] = []
