@@ -117,6 +117,46 @@ def check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None =
     return v
 
 
+def adam_group_row(
+    lr: Any,
+    betas: tuple[Any, Any],
+    eps: Any,
+    weight_decay: Any,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    *,
+    beta_names: tuple[str, str] = ("betas[0]", "betas[1]"),
+) -> list[float]:
+    """One checked row of Adam scalars, in csrc/optim/cpu.hpp's AdamGroupColumn order."""
+    return [
+        check_hyper("lr", lr),
+        check_hyper(beta_names[0], betas[0], high=1.0),
+        check_hyper(beta_names[1], betas[1], high=1.0),
+        check_hyper("eps", eps),
+        check_hyper("weight_decay", weight_decay),
+        float(bool(amsgrad)),
+        float(bool(maximize)),
+        float(bool(decoupled)),
+    ]
+
+
+def sgd_group_row(
+    lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: bool, maximize: bool
+) -> list[float]:
+    """One checked row of SGD scalars, in csrc/optim/cpu.hpp's SgdGroupColumn order."""
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    return [
+        check_hyper("lr", lr),
+        check_hyper("momentum", momentum),
+        check_hyper("dampening", dampening, low=-math.inf),
+        check_hyper("weight_decay", weight_decay),
+        float(bool(nesterov)),
+        float(bool(maximize)),
+    ]
+
+
 def scalar_ptr(t: torch.Tensor | None, name: str) -> int:
     """Address of AMP's 0-d float32 grad_scale / found_inf tensor (0 for None)."""
     if t is None:
@@ -252,16 +292,16 @@ def adam_(
     """
     groups = np.array(
         [
-            [
-                check_hyper("lr", lr),
-                check_hyper("beta1", beta1, high=1.0),
-                check_hyper("beta2", beta2, high=1.0),
-                check_hyper("eps", eps),
-                check_hyper("weight_decay", weight_decay),
-                float(bool(amsgrad)),
-                float(bool(maximize)),
-                float(bool(decoupled_weight_decay)),
-            ]
+            adam_group_row(
+                lr,
+                (beta1, beta2),
+                eps,
+                weight_decay,
+                amsgrad,
+                maximize,
+                decoupled_weight_decay,
+                beta_names=("beta1", "beta2"),
+            )
         ],
         dtype=np.float64,
     )
@@ -345,20 +385,9 @@ def sgd_(
     Returns False when AMP's ``found_inf`` is set (nothing modified).
     """
     groups = np.array(
-        [
-            [
-                check_hyper("lr", lr),
-                check_hyper("momentum", momentum),
-                check_hyper("dampening", dampening),
-                check_hyper("weight_decay", weight_decay),
-                float(bool(nesterov)),
-                float(bool(maximize)),
-            ]
-        ],
+        [sgd_group_row(lr, momentum, dampening, weight_decay, nesterov, maximize)],
         dtype=np.float64,
     )
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     n = len(params)
     if len(momentum_buffer_list) != n:
         raise ValueError(

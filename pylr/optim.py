@@ -33,9 +33,11 @@ from pylr import _core
 from pylr.functional import (
     COL_GRAD,
     PointerTable,
+    adam_group_row,
     build_columns_checked,
     check_hyper,
     scalar_ptr,
+    sgd_group_row,
 )
 from pylr.schedules import Schedule, from_dict
 
@@ -450,17 +452,15 @@ class Adam(_FusedOptimizer):
         )
 
     def _group_row(self, group: dict[str, Any]) -> list[float]:
-        beta1, beta2 = group["betas"]
-        return [
-            check_hyper("lr", group["lr"]),
-            check_hyper("betas[0]", beta1, high=1.0),
-            check_hyper("betas[1]", beta2, high=1.0),
-            check_hyper("eps", group["eps"]),
-            check_hyper("weight_decay", group["weight_decay"]),
-            float(bool(group["amsgrad"])),
-            float(bool(group["maximize"])),
-            float(bool(group["decoupled_weight_decay"])),
-        ]
+        return adam_group_row(
+            group["lr"],
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+            group["amsgrad"],
+            group["maximize"],
+            group["decoupled_weight_decay"],
+        )
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
         return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf)
@@ -622,16 +622,14 @@ class SGD(_FusedOptimizer):
         )
 
     def _group_row(self, group: dict[str, Any]) -> list[float]:
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        return [
-            check_hyper("lr", group["lr"]),
-            check_hyper("momentum", group["momentum"]),
-            check_hyper("dampening", group["dampening"], low=-math.inf),
-            check_hyper("weight_decay", group["weight_decay"]),
-            float(bool(group["nesterov"])),
-            float(bool(group["maximize"])),
-        ]
+        return sgd_group_row(
+            group["lr"],
+            group["momentum"],
+            group["dampening"],
+            group["weight_decay"],
+            group["nesterov"],
+            group["maximize"],
+        )
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
         return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf)
