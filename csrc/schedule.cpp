@@ -26,7 +26,7 @@ constexpr int kParamCounts[kScheduleKindCount] = {
     3,   // Cosine
     4,   // CosineWarmRestarts
     8,   // Cyclic
-    11,  // OneCycle
+    12,  // OneCycle
     3,   // InverseSqrt
     7,   // WarmupStableDecay
     5,   // WarmupCosine
@@ -101,6 +101,7 @@ double one_cycle(const double* p, double t, double* momentum) {
     const auto how = static_cast<Anneal>(static_cast<int>(p[7]));
     const double base_m = p[8], max_m = p[9];
     const bool extrapolate = p[10] != 0.0;
+    const double final_m = p[11];  // torch: max_m; fastai's moms may end elsewhere
     if (!extrapolate) t = std::min(t, total - 1.0);
 
     struct Phase {
@@ -111,9 +112,9 @@ double one_cycle(const double* p, double t, double* momentum) {
     phases[n_phases++] = {end0, initial_lr, max_lr, max_m, base_m};
     if (three_phase) {
         phases[n_phases++] = {end1, max_lr, initial_lr, base_m, max_m};
-        phases[n_phases++] = {total - 1.0, initial_lr, min_lr, max_m, max_m};
+        phases[n_phases++] = {total - 1.0, initial_lr, min_lr, max_m, final_m};
     } else {
-        phases[n_phases++] = {total - 1.0, max_lr, min_lr, base_m, max_m};
+        phases[n_phases++] = {total - 1.0, max_lr, min_lr, base_m, final_m};
     }
     double start_step = 0.0;
     for (int i = 0; i < n_phases; ++i) {

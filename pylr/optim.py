@@ -12,7 +12,9 @@ Beyond torch:
 
 - ``schedule=``: a :mod:`pylr.schedules` object (a factor on each group's initial lr) or a list
   with one per group (absolute lrs) whose value at each step is taken in the step itself — no
-  scheduler object. ``group["lr"]`` shows the lr used by the last step.
+  scheduler object. ``group["lr"]`` shows the lr used by the last step. Where the schedule
+  defines a momentum (``Cyclic``, ``OneCycle``, ``FastaiOneCycle``), it drives SGD's
+  ``momentum`` or Adam's ``betas[0]`` too, as ``ScheduleLR`` does.
 - GradScaler hands its ``grad_scale`` and ``found_inf`` over (``_step_supports_amp_scaling``):
   grads are unscaled in the same pass, and a step with ``found_inf`` set changes nothing.
 """
@@ -154,8 +156,7 @@ class _FusedOptimizer(Optimizer):
                 group["schedule"] = s
         for group in groups:
             group.setdefault("schedule_step", 0)
-            if group["schedule"] is not None:
-                group["lr"] = group["schedule"](group["schedule_step"])
+        self._apply_schedules()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group.setdefault("schedule", None)
@@ -223,6 +224,7 @@ class _FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         _core.prepare_threads()  # the pool wakes while Python prepares the step
+        self._apply_schedules()
         plan = self._prepare()
         if plan is None:
             return loss
@@ -320,11 +322,23 @@ class _FusedOptimizer(Optimizer):
                 where[id(p)] = f"param_groups[{gi}]['params'][{pi}]"
         return [where[id(p)] for p in params]
 
-    def _fill_group_rows(self, plan: _Plan) -> None:
-        for gi, group in enumerate(self.param_groups):
+    def _apply_schedules(self) -> None:
+        """Fused schedules: each group's lr — and its momentum (or beta1) where the schedule
+        defines one, as ``ScheduleLR`` does — at the group's ``schedule_step``."""
+        for group in self.param_groups:
             schedule = group["schedule"]
             if schedule is not None:
-                group["lr"] = schedule._node.value(group["schedule_step"])
+                node = schedule._node
+                t = group["schedule_step"]
+                group["lr"] = node.value(t)
+                if node.has_momentum:
+                    self._set_momentum(group, node.momentum(t))
+
+    def _set_momentum(self, group: dict[str, Any], value: float) -> None:
+        group["momentum"] = value
+
+    def _fill_group_rows(self, plan: _Plan) -> None:
+        for gi, group in enumerate(self.param_groups):
             values = self._group_values(group)
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(group)
@@ -439,6 +453,11 @@ class Adam(_FusedOptimizer):
         return _Plan(
             PointerTable(columns, rows), params, flags, len(self.param_groups), self._group_columns
         )
+
+    def _set_momentum(self, group: dict[str, Any], value: float) -> None:
+        beta2 = group["betas"][1]
+        if group["betas"][0] != value:
+            group["betas"] = (value, beta2)
 
     def _group_values(self, group: dict[str, Any]) -> tuple:
         return (

@@ -42,6 +42,7 @@ __all__ = [
     "CosineWarmRestarts",
     "Cyclic",
     "Exponential",
+    "FastaiOneCycle",
     "InverseSqrt",
     "Linear",
     "MultiStep",
@@ -635,6 +636,62 @@ class OneCycle(Schedule):
         )
 
 
+class FastaiOneCycle(Schedule):
+    """fastai's one-cycle policy (``fit_one_cycle``): two cosine phases over a fraction of
+    training, with momentum (or Adam's beta1) moving the other way.
+
+    With ``p = t / total_steps`` and ``cos_anneal(a, b, x) = b + (a - b) * (1 + cos(pi x)) / 2``::
+
+        p <  pct_start:  lr = cos_anneal(lr_max / div, lr_max, p / pct_start)
+                         momentum = cos_anneal(moms[0], moms[1], p / pct_start)
+        p >= pct_start:  lr = cos_anneal(lr_max, lr_max / div_final, (p - pct_start) / (1 - pct_start))
+                         momentum = cos_anneal(moms[1], moms[2], (p - pct_start) / (1 - pct_start))
+
+    Unlike torch's ``OneCycleLR`` (:class:`OneCycle`), the phases are fractions of
+    ``total_steps`` (fastai's ``combined_cos``), so the last step ``total_steps - 1`` is just
+    short of ``lr_max / div_final``; the values hold from ``t = total_steps`` on.
+    """
+
+    __slots__ = ("div", "div_final", "lr_max", "moms", "pct_start", "total_steps")
+    _fields = ("lr_max", "total_steps", "pct_start", "div", "div_final", "moms")
+
+    def __init__(
+        self,
+        lr_max: float,
+        total_steps: int,
+        pct_start: float = 0.25,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        moms: SequenceABC[float] = (0.95, 0.85, 0.95),
+    ) -> None:
+        if isinstance(moms, (str, bytes)) or not isinstance(moms, SequenceABC) or len(moms) != 3:
+            raise ValueError(f"moms must be three numbers (start, middle, end), got {moms!r}")
+        self._set(
+            lr_max=_real("lr_max", lr_max, gt=0.0),
+            total_steps=_int("total_steps", total_steps, ge=1),
+            pct_start=_real("pct_start", pct_start, gt=0.0, lt=1.0),
+            div=_real("div", div, gt=0.0),
+            div_final=_real("div_final", div_final, gt=0.0),
+            moms=tuple(_real(f"moms[{i}]", m) for i, m in enumerate(moms)),
+        )
+
+    def _build(self) -> Any:
+        # torch's node with phase ends at fractions of total_steps: phase 0 ends at
+        # pct_start * total_steps, the last at total_steps (so the node holds from there on)
+        total = float(self.total_steps)
+        return one_cycle_node(
+            initial_lr=self.lr_max / self.div,
+            max_lr=self.lr_max,
+            min_lr=self.lr_max / self.div_final,
+            phase_ends=[self.pct_start * total, total],
+            anneal_strategy="cos",
+            base_momentum=self.moms[1],
+            max_momentum=self.moms[0],
+            extrapolate=False,
+            final_momentum=self.moms[2],
+        )
+
+
 def _one_cycle_phase_ends(total: int, pct: float, three_phase: bool) -> list[float]:
     """The last step of each phase, computed exactly as torch's OneCycleLR does."""
     ends = [float(pct * total) - 1]
@@ -654,11 +711,13 @@ def one_cycle_node(
     base_momentum: float,
     max_momentum: float,
     extrapolate: bool,
+    final_momentum: float | None = None,
 ) -> Any:
     """The C++ one-cycle node from torch's own quantities (shared with ``OneCycleLR``).
 
     ``extrapolate`` evaluates the last phase's formula past its end, as torch does at step
-    ``total_steps``; otherwise the value holds at the last step.
+    ``total_steps``; otherwise the value holds at the last step. The momentum ends at
+    ``final_momentum`` (torch: ``max_momentum``, the default).
     """
     three_phase = len(phase_ends) == 3
     return _node(
@@ -675,6 +734,7 @@ def one_cycle_node(
             base_momentum,
             max_momentum,
             float(extrapolate),
+            max_momentum if final_momentum is None else final_momentum,
         ],
     )
 
