@@ -1,10 +1,15 @@
 """pylr: a high-performance training-loop engine for PyTorch.
 
 Schedules are evaluated in closed form in C++ (``pylr.schedules``) and drive any optimizer through
-drop-in replacements for ``torch.optim.lr_scheduler`` (``pylr.lr_scheduler``).
+drop-in replacements for ``torch.optim.lr_scheduler`` (``pylr.lr_scheduler``); ``pylr.optim`` has
+fused SGD/Adam/AdamW; ``lr_find``, ``fit`` and ``fit_one_cycle`` run the LR range test and train.
+
+Importing ``pylr`` does not import torch: the training helpers below load on first use.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pylr import schedules
 from pylr._core import get_num_threads
@@ -15,7 +20,50 @@ __version__ = "0.1.0"
 # Whether set_num_threads was called; until then pylr.optim sizes the pool like torch's.
 _threads_set_by_user = False
 
-__all__ = ["__version__", "get_num_threads", "plot_schedule", "schedules", "set_num_threads"]
+# name -> module, imported when first asked for (they import torch)
+_LAZY = {
+    "Callback": "pylr.train",
+    "History": "pylr.train",
+    "StopTraining": "pylr.train",
+    "fit": "pylr.train",
+    "fit_one_cycle": "pylr.train",
+    "LRFindResult": "pylr.lr_finder",
+    "lr_find": "pylr.lr_finder",
+    "accuracy": "pylr._loop",
+    "evaluate": "pylr._loop",
+}
+
+__all__ = [
+    "Callback",
+    "History",
+    "LRFindResult",
+    "StopTraining",
+    "__version__",
+    "accuracy",
+    "evaluate",
+    "fit",
+    "fit_one_cycle",
+    "get_num_threads",
+    "lr_find",
+    "plot_schedule",
+    "schedules",
+    "set_num_threads",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pylr' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def set_num_threads(n: int) -> None:

@@ -22,6 +22,30 @@ def _matplotlib() -> Any:
     return matplotlib
 
 
+def axes(ax: Any, path: Any) -> Any:
+    """``ax``, or the Axes of a new figure: a pyplot figure when it is for showing, a plain
+    ``Figure`` (no GUI backend, nothing left open) when it only goes to ``path``."""
+    _matplotlib()
+    if ax is not None:
+        return ax
+    if path is not None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(8, 4.5), layout="constrained")
+    else:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(8, 4.5), layout="constrained")
+    return fig.add_subplot()
+
+
+def save(ax: Any, path: Any) -> Any:
+    """Save ``ax``'s figure to ``path`` (format by extension) when a path is given; returns ax."""
+    if path is not None:
+        ax.figure.savefig(path, dpi=120)
+    return ax
+
+
 def _named(schedules: Schedule | Sequence[Schedule] | Mapping[str, Schedule]) -> dict[str, Any]:
     if isinstance(schedules, Schedule):
         return {repr(schedules): schedules}
@@ -62,17 +86,7 @@ def plot_schedule(
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     named = _named(schedules)
-    _matplotlib()
-    if ax is None:
-        if path is not None:
-            from matplotlib.figure import Figure
-
-            fig = Figure(figsize=(8, 4.5), layout="constrained")
-        else:
-            import matplotlib.pyplot as plt
-
-            fig = plt.figure(figsize=(8, 4.5), layout="constrained")
-        ax = fig.add_subplot()
+    ax = axes(ax, path)
     x = np.arange(steps)
     mom_ax = None
     for i, (label, s) in enumerate(named.items()):
@@ -87,6 +101,4 @@ def plot_schedule(
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    if path is not None:
-        ax.figure.savefig(path, dpi=120)
-    return ax
+    return save(ax, path)

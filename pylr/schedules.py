@@ -640,12 +640,13 @@ class FastaiOneCycle(Schedule):
     """fastai's one-cycle policy (``fit_one_cycle``): two cosine phases over a fraction of
     training, with momentum (or Adam's beta1) moving the other way.
 
-    With ``p = t / total_steps`` and ``cos_anneal(a, b, x) = b + (a - b) * (1 + cos(pi x)) / 2``::
+    With ``p = t / total_steps``, ``q = (p - pct_start) / (1 - pct_start)`` and
+    ``cos_anneal(a, b, x) = b + (a - b) * (1 + cos(pi x)) / 2``::
 
         p <  pct_start:  lr = cos_anneal(lr_max / div, lr_max, p / pct_start)
                          momentum = cos_anneal(moms[0], moms[1], p / pct_start)
-        p >= pct_start:  lr = cos_anneal(lr_max, lr_max / div_final, (p - pct_start) / (1 - pct_start))
-                         momentum = cos_anneal(moms[1], moms[2], (p - pct_start) / (1 - pct_start))
+        p >= pct_start:  lr = cos_anneal(lr_max, lr_max / div_final, q)
+                         momentum = cos_anneal(moms[1], moms[2], q)
 
     Unlike torch's ``OneCycleLR`` (:class:`OneCycle`), the phases are fractions of
     ``total_steps`` (fastai's ``combined_cos``), so the last step ``total_steps - 1`` is just

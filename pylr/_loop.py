@@ -1,0 +1,291 @@
+"""What ``lr_find`` and ``fit`` share: batches and devices, autocast, loss checks, loaders,
+param-group writes and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+__all__ = ["accuracy", "evaluate"]
+
+Metric = Callable[[Any, Any], Any]
+
+
+def check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def check_callable(name: str, value: Any) -> None:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+
+
+def check_optimizer(optimizer: Any) -> None:
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+
+
+def check_loader(name: str, loader: Any) -> None:
+    """A loader must be iterable; one that reports ``len() == 0`` is rejected up front."""
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if n == 0:
+        raise ValueError(f"{name} is empty")
+
+
+def device_of(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def resolve_device(model: nn.Module, device: Any) -> torch.device:
+    """The device to run on: the model's own, or ``device`` (the model is moved there)."""
+    if device is None:
+        return device_of(model)
+    try:
+        dev = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"device must be a torch.device or a device string, got {device!r}") from e
+    model.to(dev)
+    return dev
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Tensors, also inside tuples, lists and dicts, moved to ``device``; the rest as it is."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True) if obj.device != device else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, Mapping):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def split_batch(batch: Any, name: str) -> tuple[tuple[Any, ...], Any]:
+    """``(inputs..., target)``: everything but the last item goes to the model."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return tuple(batch[:-1]), batch[-1]
+    length = f" of length {len(batch)}" if isinstance(batch, Sequence) else ""
+    raise TypeError(
+        f"{name} must yield (inputs, target) pairs (or (input1, ..., target) tuples); got a "
+        f"{type(batch).__name__}{length}"
+    )
+
+
+def batch_size(target: Any) -> int:
+    if isinstance(target, Tensor) and target.dim() > 0:
+        return int(target.shape[0])
+    return 1
+
+
+def cycle(loader: Iterable[Any], name: str) -> Iterator[Any]:
+    """The loader's batches, starting over (a new epoch) whenever it runs out."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"{name} is empty")
+
+
+class Amp:
+    """Mixed precision: ``None``/``False`` off; ``True`` float16 on CUDA, bfloat16 elsewhere;
+    or a dtype (``torch.float16``/``"float16"``/``"fp16"``, ``torch.bfloat16``/``"bfloat16"``/
+    ``"bf16"``). float16 comes with a ``torch.amp.GradScaler``."""
+
+    _NAMES: dict[str, torch.dtype] = {  # noqa: RUF012
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+
+    def __init__(self, amp: Any, device: torch.device) -> None:
+        self.device_type = device.type
+        if amp is None or amp is False:
+            dtype = None
+        elif amp is True:
+            dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        elif isinstance(amp, torch.dtype) and amp in (torch.float16, torch.bfloat16):
+            dtype = amp
+        elif isinstance(amp, str) and amp.lower() in self._NAMES:
+            dtype = self._NAMES[amp.lower()]
+        else:
+            raise ValueError(
+                f"amp must be None, a bool, torch.float16 or torch.bfloat16 (or 'fp16'/'bf16'), "
+                f"got {amp!r}"
+            )
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def unscale(self, optimizer: Optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+
+def check_first_loss(loss: Any, where: str) -> None:
+    """The loss of the first batch must be a finite scalar tensor that can be backpropagated."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__} on {where}")
+    if loss.numel() != 1:
+        raise ValueError(
+            f"loss_fn must return a scalar tensor, got shape {tuple(loss.shape)} on {where}"
+        )
+    if not loss.requires_grad:
+        raise ValueError(
+            f"the loss on {where} does not require grad: the model has no trainable parameter "
+            "in the graph, or the loss was computed under torch.no_grad()"
+        )
+    value = float(loss.detach().float())
+    if not math.isfinite(value):
+        raise ValueError(f"the loss on {where} is {value}, not a finite number")
+
+
+def momentum_key(optimizer: Optimizer) -> str | None:
+    """'betas' (Adam-like: beta1 is the momentum), 'momentum' (SGD-like) or None."""
+    group = optimizer.param_groups[0]
+    if "betas" in group:
+        return "betas"
+    if "momentum" in group:
+        return "momentum"
+    return None
+
+
+def set_group_value(group: dict[str, Any], key: str, value: float) -> None:
+    """Write an lr or momentum (``betas[0]`` for key 'betas') into a param group; a Tensor
+    hyperparameter is filled in place, as torch's schedulers do."""
+    if key == "betas":
+        beta1, *rest = group["betas"]
+        if isinstance(beta1, Tensor):
+            beta1.fill_(value)
+        else:
+            group["betas"] = (value, *rest)
+    elif isinstance(group[key], Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
+
+
+def group_momentum(group: dict[str, Any], key: str | None) -> float:
+    if key is None:
+        return math.nan
+    value = group["betas"][0] if key == "betas" else group[key]
+    return float(value)
+
+
+def normalize_metrics(metrics: Any) -> dict[str, Metric]:
+    if metrics is None:
+        return {}
+    if isinstance(metrics, Mapping):
+        items = dict(metrics)
+    elif isinstance(metrics, Sequence) and not isinstance(metrics, str):
+        items = {}
+        for m in metrics:
+            name = getattr(m, "__name__", None) or type(m).__name__
+            items[name] = m
+    elif callable(metrics):
+        items = {getattr(metrics, "__name__", None) or type(metrics).__name__: metrics}
+    else:
+        raise TypeError(
+            f"metrics must be a dict of name -> fn(output, target) or a list of such functions, "
+            f"got {type(metrics).__name__}"
+        )
+    for name, fn in items.items():
+        if not isinstance(name, str):
+            raise TypeError(f"metric names must be strings, got {name!r}")
+        check_callable(f"metrics[{name!r}]", fn)
+    return items
+
+
+def accuracy(output: Tensor, target: Tensor) -> Tensor:
+    """Top-1 accuracy: the fraction of rows where ``output.argmax(-1) == target``."""
+    return (output.argmax(dim=-1) == target).float().mean()
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: Callable[..., Any],
+    metrics: dict[str, Metric],
+    device: torch.device,
+    amp: Amp,
+    name: str,
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        totals = {"loss": 0.0, **dict.fromkeys(metrics, 0.0)}
+        count = 0
+        for batch in loader:
+            inputs, target = split_batch(to_device(batch, device), name)
+            with amp.autocast():
+                output = model(*inputs)
+                loss = loss_fn(output, target)
+            n = batch_size(target)
+            count += n
+            totals["loss"] += float(loss) * n
+            for key, fn in metrics.items():
+                totals[key] += float(fn(output, target)) * n
+        if count == 0:
+            raise ValueError(f"{name} is empty")
+        return {k: v / count for k, v in totals.items()}
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Any],
+    loss_fn: Callable[..., Any],
+    metrics: Any = None,
+    *,
+    device: Any = None,
+    amp: Any = None,
+) -> dict[str, float]:
+    """The mean loss and metrics of ``model`` over ``loader``, in eval mode without gradients.
+
+    Each batch counts with its size (the target's first dimension), so with a mean-reducing
+    ``loss_fn`` the result is the mean over all samples. Returns ``{"loss": ..., name: ...}``;
+    ``metrics`` is a dict of name -> ``fn(output, target)`` or a list of functions (named by
+    ``__name__``), e.g. ``[pylr.accuracy]``. The model's train/eval mode is restored.
+    """
+    check_model(model)
+    check_loader("loader", loader)
+    check_callable("loss_fn", loss_fn)
+    dev = resolve_device(model, device)
+    named = normalize_metrics(metrics)
+    return _evaluate(model, loader, loss_fn, named, dev, Amp(amp, dev), "loader")

@@ -1,0 +1,554 @@
+"""The learning-rate range test (Smith, 2017; fastai's ``lr_find``; torch-lr-finder).
+
+``lr_find`` trains for a few steps while the lr of every param group rises from ``start_lr`` to
+``end_lr``, records the loss, and suggests an lr from the curve. The model and the optimizer are
+restored bit for bit afterwards — also when the sweep raises or is interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from pylr import _loop
+from pylr.schedules import Exponential, Linear, Schedule
+
+__all__ = ["SUGGESTIONS", "LRFindResult", "lr_find", "minimum", "slide", "steep", "valley"]
+
+
+# --------------------------------------------------------------------------------------------
+# Suggestion rules. Each takes the lrs and the (smoothed) losses of the sweep — already trimmed
+# of its first and last points — and returns an lr.
+
+
+def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """fastai's ``valley``: the longest run over which the loss keeps decreasing — the longest
+    strictly decreasing subsequence, ending at its first possible end — and the lr about half-way
+    down it (``start + int(L/3) + int(L/6)`` for a run of length ``L``)."""
+    n = len(losses)
+    run = np.ones(n, dtype=np.int64)  # run[i]: longest decreasing subsequence ending at i
+    for i in range(1, n):
+        higher = losses[:i] > losses[i]
+        if higher.any():
+            run[i] = run[:i][higher].max() + 1
+    end = int(np.argmax(run))  # the first index with the longest run
+    start = end - int(run[end])
+    third = (end - start) / 3
+    idx = start + int(third) + int(third / 2)
+    return float(lrs[min(max(idx, 0), n - 1)])
+
+
+def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005) -> float:
+    """fastai's ``slide``: walking an interval of ``lr_diff`` points back from the end of the
+    curve, the lr at its left edge once the loss gradients at the two edges differ by no more
+    than ``thresh``."""
+    n = len(losses)
+    if n < 2:
+        return float(lrs[0])
+    grad = np.gradient(losses)
+    diff = min(lr_diff, n - 1)
+    right, left = n - 1, n - 1 - diff
+    best = lrs[left]
+    while left >= 0 and abs(grad[right] - grad[left]) > thresh:
+        best = lrs[left]
+        right -= 1
+        left -= 1
+    return float(best)
+
+
+def minimum(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The lr at the lowest loss, divided by 10 (Smith's and fastai's rule of thumb)."""
+    return float(lrs[int(np.argmin(losses))]) / 10.0
+
+
+def steep(lrs: np.ndarray, losses: np.ndarray) -> float:
+    """The lr where the loss falls fastest against log(lr): the left end of the steepest
+    segment of the curve."""
+    if len(losses) < 2:
+        return float(lrs[0])
+    slopes = np.diff(losses) / np.diff(np.log(lrs))
+    return float(lrs[int(np.argmin(slopes))])
+
+
+SUGGESTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "valley": valley,
+    "slide": slide,
+    "minimum": minimum,
+    "steep": steep,
+}
+
+
+def _trim(n_iter: int, n: int, skip_start: int | None, skip_end: int | None) -> slice:
+    """The points the suggestions and the plot use: by default fastai's, without the first
+    tenth of ``num_iter`` and the last 5 points; all of them when that would leave fewer than 3."""
+    lo = n_iter // 10 if skip_start is None else skip_start
+    hi = n - (5 if skip_end is None else skip_end)
+    if hi - lo < 3:
+        return slice(0, n)
+    return slice(lo, hi)
+
+
+def _json_float(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+class LRFindResult:
+    """The outcome of :func:`lr_find`.
+
+    Attributes:
+        lrs: the lr of each recorded step (of the last param group, as fastai records it).
+        group_lrs: every group's lr at each step, shape ``(steps, groups)``.
+        losses: the smoothed loss (bias-corrected exponential moving average).
+        raw_losses: the loss of each step (the validation loss with ``val_loader``).
+        suggestions: ``{"valley", "slide", "minimum", "steep"}`` -> lr.
+        method: the rule behind :attr:`suggested` (``"valley"`` unless you pick another).
+        stopped_early: whether the sweep stopped at divergence before ``num_iter`` steps.
+    """
+
+    def __init__(
+        self,
+        group_lrs: np.ndarray,
+        raw_losses: np.ndarray,
+        losses: np.ndarray,
+        *,
+        num_iter: int,
+        step_mode: str,
+        stopped_early: bool,
+        method: str = "valley",
+    ) -> None:
+        self.group_lrs = group_lrs
+        self.lrs = group_lrs[:, -1].copy() if group_lrs.size else np.zeros(0)
+        self.raw_losses = raw_losses
+        self.losses = losses
+        self.num_iter = num_iter
+        self.step_mode = step_mode
+        self.stopped_early = stopped_early
+        self.suggestions = self._suggest()
+        self.method = method
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        if value not in SUGGESTIONS:
+            raise ValueError(f"method must be one of {list(SUGGESTIONS)}, got {value!r}")
+        self._method = value
+
+    @property
+    def suggested(self) -> float:
+        """The suggestion of :attr:`method`."""
+        return self.suggestions[self._method]
+
+    def _finite(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recorded points up to the first non-finite loss."""
+        bad = np.flatnonzero(~np.isfinite(self.losses))
+        n = int(bad[0]) if bad.size else len(self.losses)
+        return self.lrs[:n], self.losses[:n]
+
+    def _suggest(self) -> dict[str, float]:
+        lrs, losses = self._finite()
+        if len(lrs) == 0:
+            return dict.fromkeys(SUGGESTIONS, math.nan)
+        part = _trim(self.num_iter, len(lrs), None, None)
+        return {name: rule(lrs[part], losses[part]) for name, rule in SUGGESTIONS.items()}
+
+    def plot(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        ax: Any = None,
+        skip_start: int | None = None,
+        skip_end: int | None = None,
+        suggestions: bool = True,
+    ) -> Any:
+        """Plot the smoothed loss against the lr on a log axis, with the suggestions marked.
+
+        ``skip_start``/``skip_end`` drop points at either end (default: the first tenth of
+        ``num_iter`` and the last 5, as the suggestions do). With ``path`` the figure is saved
+        there. Returns the Axes.
+        """
+        from pylr import plot
+
+        ax = plot.axes(ax, path)
+        lrs, losses = self._finite()
+        part = _trim(self.num_iter, len(lrs), skip_start, skip_end)
+        x, y = lrs[part], losses[part]
+        ax.plot(x, y, color="C0", label="smoothed loss")
+        if suggestions and len(x):
+            for i, (name, lr) in enumerate(self.suggestions.items()):
+                if not math.isfinite(lr):
+                    continue
+                loss_at = float(np.interp(np.log(lr), np.log(x), y))
+                star = name == self._method
+                ax.plot(
+                    [lr],
+                    [loss_at],
+                    marker="*" if star else "o",
+                    markersize=12 if star else 7,
+                    linestyle="none",
+                    color=f"C{i + 1}",
+                    label=f"{name}: {lr:.2e}",
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("loss")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        return plot.save(ax, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (non-finite losses become None)."""
+        return {
+            "lrs": [float(x) for x in self.lrs],
+            "group_lrs": [[float(x) for x in row] for row in self.group_lrs],
+            "losses": [_json_float(x) for x in self.losses],
+            "raw_losses": [_json_float(x) for x in self.raw_losses],
+            "suggestions": {k: _json_float(v) for k, v in self.suggestions.items()},
+            "method": self._method,
+            "suggested": _json_float(self.suggested),
+            "num_iter": self.num_iter,
+            "step_mode": self.step_mode,
+            "stopped_early": self.stopped_early,
+        }
+
+    def __repr__(self) -> str:
+        tips = ", ".join(f"{k}={v:.3g}" for k, v in self.suggestions.items())
+        return (
+            f"LRFindResult(steps={len(self.lrs)}, stopped_early={self.stopped_early}, "
+            f"suggested={self.suggested:.3g} ({self._method}); {tips})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The snapshot: everything lr_find may change, restored in place.
+
+
+class _Snapshot:
+    """The model's parameters, buffers, grads and train/eval flags, and the optimizer's state
+    and hyperparameters; :meth:`restore` writes them back into the same tensor objects. With
+    ``cache_dir`` the copies wait on disk instead of in memory."""
+
+    def __init__(self, model: nn.Module, optimizer: Optimizer, cache_dir: Any) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        seen: set[int] = set()
+        self.tensors: list[Tensor] = []
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                self.tensors.append(t)
+        self.params = [p for p in self.tensors if isinstance(p, nn.Parameter)]
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    self.params.append(p)
+                    self.tensors.append(p)
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.groups = [
+            {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+            for g in optimizer.param_groups
+        ]
+        state_params = [p for p in optimizer.state if optimizer.state[p]]
+        self.state_params = state_params
+        self.state_other: list[dict[str, Any]] = []
+        state_tensors: list[dict[str, Tensor]] = []
+        for p in state_params:
+            tensors, other = {}, {}
+            for k, v in optimizer.state[p].items():
+                if isinstance(v, Tensor):
+                    tensors[k] = v.detach().clone()
+                else:
+                    other[k] = copy.deepcopy(v)
+            state_tensors.append(tensors)
+            self.state_other.append(other)
+        data = {
+            "tensors": [t.detach().clone() for t in self.tensors],
+            "grads": [None if p.grad is None else p.grad.detach().clone() for p in self.params],
+            "state": state_tensors,
+        }
+        self.path: str | None = None
+        self.data: dict[str, Any] | None = data
+        if cache_dir is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+            fd, self.path = tempfile.mkstemp(prefix="pylr-lr-find-", suffix=".pt", dir=cache_dir)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(data, f)
+            self.data = None
+
+    def _load(self) -> dict[str, Any]:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return torch.load(self.path, weights_only=True)  # each tensor back on its device
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        data = self._load()
+        for t, saved in zip(self.tensors, data["tensors"], strict=True):
+            t.copy_(saved)
+        for p, g in zip(self.params, data["grads"], strict=True):
+            if g is None:
+                p.grad = None
+            elif p.grad is not None and p.grad.shape == g.shape and p.grad.dtype == g.dtype:
+                p.grad.copy_(g)
+            else:
+                p.grad = g
+        for m, mode in self.modes:
+            m.training = mode
+        opt = self.optimizer
+        for group, saved in zip(opt.param_groups, self.groups, strict=True):
+            for k in [k for k in group if k != "params" and k not in saved]:
+                del group[k]
+            for k, v in saved.items():
+                cur = group.get(k)
+                if isinstance(cur, Tensor) and isinstance(v, Tensor) and cur.shape == v.shape:
+                    cur.copy_(v)
+                else:
+                    group[k] = copy.deepcopy(v)
+        keep = {id(p) for p in self.state_params}
+        for p in [p for p in opt.state if id(p) not in keep]:
+            del opt.state[p]
+        saved_state = zip(self.state_params, data["state"], self.state_other, strict=True)
+        for p, tensors, other in saved_state:
+            state = opt.state[p]
+            for k in [k for k in state if k not in tensors and k not in other]:
+                del state[k]
+            for k, v in tensors.items():
+                cur = state.get(k)
+                if isinstance(cur, Tensor) and cur.shape == v.shape and cur.dtype == v.dtype:
+                    cur.copy_(v)
+                else:
+                    state[k] = v
+            for k, v in other.items():
+                state[k] = copy.deepcopy(v)
+        if hasattr(opt, "_plan"):
+            opt._plan = None  # pylr's cached pointer plan
+
+    def discard(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            self.path = None
+        self.data = None
+
+
+# --------------------------------------------------------------------------------------------
+# lr_find
+
+
+def _per_group_lrs(name: str, value: Any, n_groups: int) -> list[float]:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n_groups:
+            raise ValueError(
+                f"{name} has {len(value)} values but the optimizer has {n_groups} param groups"
+            )
+        items = list(value)
+    else:
+        items = [value] * n_groups
+    out = []
+    for i, v in enumerate(items):
+        label = name if n_groups == 1 or not isinstance(value, Sequence) else f"{name}[{i}]"
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{label} must be a number, got {type(v).__name__}")
+        f = float(v)
+        if not math.isfinite(f) or f <= 0:
+            raise ValueError(f"{label} must be a finite number > 0, got {v!r}")
+        out.append(f)
+    return out
+
+
+def sweep_schedule(start_lr: float, end_lr: float, num_iter: int, step_mode: str) -> Schedule:
+    """The lr of the range test at steps ``0 .. num_iter - 1``: from ``start_lr`` to ``end_lr``,
+    geometric (``start * (end / start) ** (t / (num_iter - 1))``) or linear."""
+    if step_mode == "exp":
+        return Exponential(gamma=(end_lr / start_lr) ** (1.0 / (num_iter - 1)), base_lr=start_lr)
+    return Linear(
+        start_factor=start_lr / end_lr, end_factor=1.0, total_iters=num_iter - 1, base_lr=end_lr
+    )
+
+
+def lr_find(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    loss_fn: Callable[..., Tensor],
+    optimizer: Optimizer | None = None,
+    *,
+    start_lr: float | Sequence[float] = 1e-7,
+    end_lr: float | Sequence[float] = 10.0,
+    num_iter: int = 100,
+    step_mode: str = "exp",
+    smooth: float = 0.98,
+    diverge_th: float = 4.0,
+    val_loader: Iterable[Any] | None = None,
+    accumulation_steps: int = 1,
+    device: Any = None,
+    amp: Any = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    suggest: str = "valley",
+) -> LRFindResult:
+    """Run the learning-rate range test and suggest an lr.
+
+    For ``t = 0 .. num_iter - 1`` every param group trains one step (``accumulation_steps``
+    batches) at ``lr_t = start * (end / start) ** (t / (num_iter - 1))`` (``step_mode="exp"``) or
+    ``start + (end - start) * t / (num_iter - 1)`` (``"linear"``); the sweep is a
+    :mod:`pylr.schedules` schedule. The loader starts over when it runs out. The recorded loss
+    is the training loss of the step — or, with ``val_loader``, the validation loss after it
+    (Smith's variant, slower) — smoothed as ``avg_t = smooth * avg_{t-1} + (1 - smooth) * loss_t``,
+    ``smoothed_t = avg_t / (1 - smooth ** (t + 1))``. The sweep stops once the smoothed loss is
+    not finite or exceeds ``diverge_th`` times the best so far.
+
+    Afterwards the model's parameters, buffers, grads and train/eval modes and the optimizer's
+    state and hyperparameters are exactly (bitwise) as before — also when the loop raises or
+    is interrupted (Ctrl-C), in which case the exception propagates after the restore. The copy
+    is kept in memory, or in ``cache_dir`` on disk for large models.
+
+    Args:
+        model: any ``nn.Module``; batches are ``(inputs..., target)`` and the loss is
+            ``loss_fn(model(*inputs), target)``.
+        optimizer: any torch optimizer over the model's parameters; default
+            ``pylr.optim.AdamW(model.parameters())``.
+        start_lr, end_lr: the range, one value or one per param group.
+        device: run there (the model is moved there); default the model's device.
+        amp: mixed precision (``True``, ``torch.float16``/``"fp16"``, ``torch.bfloat16``/
+            ``"bf16"``); float16 uses a ``GradScaler``.
+        suggest: which rule :attr:`LRFindResult.suggested` follows.
+
+    Returns:
+        an :class:`LRFindResult` with ``lrs``, ``losses``, ``raw_losses``, ``suggestions``,
+        ``suggested``, ``plot()`` and ``to_dict()``.
+    """
+    _loop.check_model(model)
+    _loop.check_loader("train_loader", train_loader)
+    _loop.check_callable("loss_fn", loss_fn)
+    if optimizer is not None:
+        _loop.check_optimizer(optimizer)
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 2:
+        raise ValueError(f"num_iter must be an integer >= 2, got {num_iter!r}")
+    if step_mode not in ("exp", "linear"):
+        raise ValueError(f"step_mode must be 'exp' or 'linear', got {step_mode!r}")
+    if not isinstance(smooth, (int, float)) or not 0.0 <= smooth < 1.0:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth!r}")
+    if not isinstance(diverge_th, (int, float)) or not diverge_th > 1.0:
+        raise ValueError(f"diverge_th must be > 1 (math.inf never stops), got {diverge_th!r}")
+    if (
+        isinstance(accumulation_steps, bool)
+        or not isinstance(accumulation_steps, int)
+        or accumulation_steps < 1
+    ):
+        raise ValueError(f"accumulation_steps must be an integer >= 1, got {accumulation_steps!r}")
+    if val_loader is not None:
+        _loop.check_loader("val_loader", val_loader)
+    if suggest not in SUGGESTIONS:
+        raise ValueError(f"suggest must be one of {list(SUGGESTIONS)}, got {suggest!r}")
+    n_groups = 1 if optimizer is None else len(optimizer.param_groups)
+    starts = _per_group_lrs("start_lr", start_lr, n_groups)
+    ends = _per_group_lrs("end_lr", end_lr, n_groups)
+    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        if s >= e:
+            where = "" if n_groups == 1 else f" (param group {i})"
+            raise ValueError(f"start_lr must be < end_lr{where}, got {s} >= {e}")
+
+    dev = _loop.resolve_device(model, device)
+    amp_ = _loop.Amp(amp, dev)
+    if optimizer is None:
+        from pylr.optim import AdamW
+
+        optimizer = AdamW(model.parameters(), lr=starts[0])
+    sweeps = [sweep_schedule(s, e, num_iter, step_mode) for s, e in zip(starts, ends, strict=True)]
+    table = np.stack([s.values(num_iter) for s in sweeps], axis=1)  # (num_iter, groups)
+
+    snapshot = _Snapshot(model, optimizer, cache_dir)
+    try:
+        raw, smoothed, stopped = _sweep(
+            model,
+            train_loader,
+            loss_fn,
+            optimizer,
+            table,
+            smooth,
+            diverge_th,
+            val_loader,
+            accumulation_steps,
+            dev,
+            amp_,
+        )
+    finally:
+        try:
+            snapshot.restore()
+        finally:
+            snapshot.discard()
+    return LRFindResult(
+        table[: len(raw)],
+        np.asarray(raw, dtype=np.float64),
+        np.asarray(smoothed, dtype=np.float64),
+        num_iter=num_iter,
+        step_mode=step_mode,
+        stopped_early=stopped,
+        method=suggest,
+    )
+
+
+def _sweep(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    loss_fn: Callable[..., Tensor],
+    optimizer: Optimizer,
+    table: np.ndarray,
+    smooth: float,
+    diverge_th: float,
+    val_loader: Iterable[Any] | None,
+    accumulation_steps: int,
+    device: torch.device,
+    amp: _loop.Amp,
+) -> tuple[list[float], list[float], bool]:
+    """The training steps of the range test: the raw and smoothed losses, and whether it
+    stopped early at divergence."""
+    groups = optimizer.param_groups
+    for group in groups:
+        if group.get("schedule") is not None:  # a pylr optimizer's fused schedule steps aside
+            group["schedule"] = None
+    batches = _loop.cycle(train_loader, "train_loader")
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    raw: list[float] = []
+    smoothed: list[float] = []
+    avg, best = 0.0, math.inf
+    for t, lrs in enumerate(table.tolist()):
+        for group, lr in zip(groups, lrs, strict=True):
+            _loop.set_group_value(group, "lr", lr)
+        total = 0.0
+        for k in range(accumulation_steps):
+            batch = _loop.to_device(next(batches), device)
+            inputs, target = _loop.split_batch(batch, "train_loader")
+            with amp.autocast():
+                loss = loss_fn(model(*inputs), target)
+            if t == 0 and k == 0:
+                _loop.check_first_loss(loss, "the first batch")
+            amp.backward(loss / accumulation_steps if accumulation_steps > 1 else loss)
+            total += float(loss.detach())
+        amp.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        if val_loader is not None:
+            scores = _loop._evaluate(model, val_loader, loss_fn, {}, device, amp, "val_loader")
+            value = scores["loss"]
+        else:
+            value = total / accumulation_steps
+        raw.append(value)
+        avg = smooth * avg + (1.0 - smooth) * value
+        smoothed.append(avg / (1.0 - smooth ** (t + 1)))
+        if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_th * best:
+            return raw, smoothed, t < len(table) - 1
+        best = min(best, smoothed[-1])
+    return raw, smoothed, False

@@ -1,0 +1,720 @@
+"""A lean training loop: ``fit`` and ``fit_one_cycle``, with a ``History`` of every step.
+
+The loop is forward, backward, optional gradient clipping, the optimizer step with the lr (and
+momentum) of a :mod:`pylr.schedules` schedule, and ``zero_grad``. With pylr's own optimizers
+the schedule is fused into the step (evaluated in C++ inside it); with any other optimizer the
+loop writes the schedule's values into the param groups before each step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from pylr import _loop
+from pylr.schedules import FastaiOneCycle, Schedule
+
+__all__ = ["Callback", "History", "StopTraining", "fit", "fit_one_cycle", "spread_lrs"]
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end ``fit`` cleanly after the current step."""
+
+
+class Callback:
+    """Hooks into :func:`fit`; override the ones you need. ``history`` is the live
+    :class:`History`; raise :class:`StopTraining` from any hook to stop after the current step.
+
+    - ``on_train_begin(history)``, ``on_train_end(history)``
+    - ``on_epoch_begin(epoch, history)``, ``on_epoch_end(epoch, logs, history)`` — ``logs`` is
+      the epoch's row of ``history.epochs`` (train/validation loss, metrics, time).
+    - ``on_step_end(step, loss, history)`` — ``loss`` as a float (only hooks that are
+      overridden are called, so the loop does not pay for ``.item()`` otherwise).
+    """
+
+    def on_train_begin(self, history: History) -> None:
+        pass
+
+    def on_epoch_begin(self, epoch: int, history: History) -> None:
+        pass
+
+    def on_step_end(self, step: int, loss: float, history: History) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], history: History) -> None:
+        pass
+
+    def on_train_end(self, history: History) -> None:
+        pass
+
+
+_HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
+
+
+def _bound_hooks(callbacks: Any) -> dict[str, list[Callable[..., Any]]]:
+    if callbacks is None:
+        callbacks = []
+    elif not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
+        callbacks = [callbacks]
+    hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in _HOOKS}
+    for i, cb in enumerate(callbacks):
+        found = False
+        for name in _HOOKS:
+            fn = getattr(cb, name, None)
+            if fn is None:
+                continue
+            found = True
+            if getattr(type(cb), name, None) is getattr(Callback, name):
+                continue  # the base class's no-op
+            hooks[name].append(fn)
+        if not found:
+            raise TypeError(
+                f"callbacks[{i}] ({type(cb).__name__}) has none of the hooks {list(_HOOKS)}; "
+                "subclass pylr.Callback"
+            )
+    return hooks
+
+
+class History:
+    """What :func:`fit` recorded.
+
+    Attributes:
+        lr: shape ``(steps, groups)``, the lr each step used.
+        momentum: shape ``(steps, groups)``, the momentum (SGD) or beta1 (Adam) each step used;
+            NaN for optimizers without one.
+        loss: shape ``(steps,)``, the training loss of each step.
+        epochs: one dict per finished epoch: ``epoch``, ``train_loss`` (mean of its steps),
+            ``val_loss`` and each metric (with a ``val_loader``), ``time`` (seconds).
+        steps_per_epoch: batches per epoch (None until the first epoch ends if the loader has
+            no ``len``).
+        interrupted: True when Ctrl-C (or :class:`StopTraining`) ended the run early.
+    """
+
+    def __init__(self, n_groups: int, steps_per_epoch: int | None) -> None:
+        self.n_groups = n_groups
+        self.steps_per_epoch = steps_per_epoch
+        self._lr: list[list[float]] = []
+        self._momentum: list[list[float]] = []
+        self._loss: list[Tensor] = []
+        self._loss_done: list[float] = []
+        self.epochs: list[dict[str, float]] = []
+        self.interrupted = False
+        self.stop_reason: str | None = None
+
+    @property
+    def lr(self) -> np.ndarray:
+        return np.asarray(self._lr, dtype=np.float64).reshape(-1, self.n_groups)
+
+    @property
+    def momentum(self) -> np.ndarray:
+        return np.asarray(self._momentum, dtype=np.float64).reshape(-1, self.n_groups)
+
+    @property
+    def loss(self) -> np.ndarray:
+        self._flush()
+        return np.asarray(self._loss_done, dtype=np.float64)
+
+    @property
+    def steps(self) -> int:
+        return len(self._lr)
+
+    def epoch_values(self, key: str) -> np.ndarray:
+        """One value per finished epoch, e.g. ``history.epoch_values("val_loss")``."""
+        if self.epochs and key not in self.epochs[0]:
+            raise KeyError(f"{key!r} was not recorded; keys: {sorted(self.epochs[0])}")
+        return np.asarray([e[key] for e in self.epochs], dtype=np.float64)
+
+    def _flush(self) -> None:
+        if self._loss:
+            self._loss_done.extend(torch.stack(self._loss).float().tolist())
+            self._loss.clear()
+
+    def plot_loss(self, path: str | os.PathLike[str] | None = None, ax: Any = None) -> Any:
+        """The training loss per step (and its moving average), with the per-epoch training
+        and validation losses at the end of each epoch. Returns the Axes; saved to ``path``."""
+        from pylr import plot
+
+        ax = plot.axes(ax, path)
+        loss = self.loss
+        x = np.arange(len(loss))
+        ax.plot(x, loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss (step)")
+        if len(loss) > 1:
+            ax.plot(x, _ema(loss, 0.9), color="C0", label="train loss (smoothed)")
+        if self.epochs and self.steps_per_epoch:
+            ends = np.asarray([e["epoch"] for e in self.epochs]) * self.steps_per_epoch - 1
+            ax.plot(ends, self.epoch_values("train_loss"), "o-", color="C1", label="train (epoch)")
+            if "val_loss" in self.epochs[0]:
+                ax.plot(ends, self.epoch_values("val_loss"), "s-", color="C2", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        return plot.save(ax, path)
+
+    def plot_lr(self, path: str | os.PathLike[str] | None = None, ax: Any = None) -> Any:
+        """Each param group's lr per step, and its momentum (dashed, right axis) where the
+        optimizer has one. Returns the lr Axes; saved to ``path``."""
+        from pylr import plot
+
+        ax = plot.axes(ax, path)
+        lr, mom = self.lr, self.momentum
+        x = np.arange(len(lr))
+        mom_ax = None
+        for g in range(self.n_groups):
+            label = "lr" if self.n_groups == 1 else f"lr (group {g})"
+            ax.plot(x, lr[:, g], color=f"C{g % 10}", label=label)
+            if len(mom) and np.isfinite(mom[:, g]).any():
+                if mom_ax is None:
+                    mom_ax = ax.twinx()
+                    mom_ax.set_ylabel("momentum / beta1 (dashed)")
+                mom_ax.plot(x, mom[:, g], color=f"C{g % 10}", linestyle="--", alpha=0.7)
+        ax.set_xlabel("step")
+        ax.set_ylabel("learning rate")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        return plot.save(ax, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: per-step lr, momentum (None where there is none) and loss; the epochs."""
+
+        def clean(rows: Any) -> Any:
+            return [[v if math.isfinite(v) else None for v in row] for row in rows]
+
+        return {
+            "lr": self.lr.tolist(),
+            "momentum": clean(self.momentum.tolist()),
+            "loss": [v if math.isfinite(v) else None for v in self.loss.tolist()],
+            "epochs": [dict(e) for e in self.epochs],
+            "steps_per_epoch": self.steps_per_epoch,
+            "interrupted": self.interrupted,
+            "stop_reason": self.stop_reason,
+        }
+
+    def __repr__(self) -> str:
+        last = self.epochs[-1] if self.epochs else {}
+        tail = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch", "time"))
+        return (
+            f"History(steps={self.steps}, epochs={len(self.epochs)}"
+            f"{', ' + tail if tail else ''}{', interrupted' if self.interrupted else ''})"
+        )
+
+
+def _ema(x: np.ndarray, beta: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (as lr_find smooths its loss)."""
+    out = np.empty_like(x)
+    avg = 0.0
+    for i, v in enumerate(x):
+        avg = beta * avg + (1.0 - beta) * v
+        out[i] = avg / (1.0 - beta ** (i + 1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Progress display
+
+
+def _interactive() -> bool:
+    """A terminal on stderr, or a Jupyter kernel."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Progress:
+    """tqdm bars (one per epoch, with the running loss and lr) in a terminal or notebook; one
+    line per epoch otherwise; nothing with ``progress=False``."""
+
+    def __init__(self, progress: Any, epochs: int, total: int | None) -> None:
+        if progress not in (True, False, "bar", "lines"):
+            raise ValueError(f"progress must be True, False, 'bar' or 'lines', got {progress!r}")
+        self.epochs = epochs
+        self.total = total
+        self.enabled = progress is not False
+        mode = progress if isinstance(progress, str) else ("bar" if _interactive() else "lines")
+        self.tqdm: Any = None
+        if self.enabled and mode == "bar":
+            try:
+                from tqdm.auto import tqdm
+
+                self.tqdm = tqdm
+            except ImportError:  # pragma: no cover - tqdm is a dependency
+                self.tqdm = None
+        self.bar: Any = None
+        self.last = 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        if self.tqdm is not None:
+            self.bar = self.tqdm(
+                total=self.total,
+                desc=f"epoch {epoch}/{self.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        self.last = 0.0
+
+    def update(self, loss: Tensor, lr: float) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        bar.update(1)
+        now = time.perf_counter()
+        if now - self.last > 0.2:  # the postfix costs a .item(): a few times a second at most
+            self.last = now
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}", refresh=False)
+
+    def end_epoch(self, logs: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not self.enabled:
+            return
+        parts = [f"epoch {int(logs['epoch'])}/{self.epochs}"]
+        parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("epoch", "time")]
+        parts.append(f"{logs['time']:.1f}s")
+        line = "  ".join(parts)
+        if self.tqdm is not None:
+            self.tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class _StopFlag:
+    """While fit runs in the main thread, the first Ctrl-C only asks the loop to stop after the
+    current step (a second one interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:  # pragma: no cover - e.g. signals unavailable
+                self._previous = None
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\npylr.fit: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+
+
+def _group_schedules(optimizer: Optimizer, schedule: Any) -> list[Schedule | None] | None:
+    """Absolute per-group schedules: one schedule scales each group's current lr, a list gives
+    one per group (None leaves a group alone)."""
+    if schedule is None:
+        return None
+    groups = optimizer.param_groups
+    if isinstance(schedule, Schedule):
+        return [float(g["lr"]) * schedule for g in groups]
+    if isinstance(schedule, Sequence) and not isinstance(schedule, str):
+        if len(schedule) != len(groups):
+            raise ValueError(
+                f"schedule has {len(schedule)} schedules but the optimizer has {len(groups)} "
+                "param groups"
+            )
+        for i, s in enumerate(schedule):
+            if s is not None and not isinstance(s, Schedule):
+                raise TypeError(f"schedule[{i}] must be a Schedule or None, not {type(s).__name__}")
+        return list(schedule)
+    raise TypeError(
+        "schedule must be a pylr.schedules.Schedule (a factor on each group's lr) or a list with "
+        f"one per param group, got {type(schedule).__name__}"
+    )
+
+
+class _Driver:
+    """Puts the schedules' values into the param groups before each step: fused into the step
+    for pylr's optimizers (their groups carry the schedule and its step), written from Python
+    for any other optimizer."""
+
+    def __init__(self, optimizer: Optimizer, schedules: list[Schedule | None] | None) -> None:
+        from pylr.optim import _FusedOptimizer
+
+        self.optimizer = optimizer
+        self.groups = optimizer.param_groups
+        self.key = _loop.momentum_key(optimizer)
+        # without a schedule, fit leaves the lr alone (a schedule fused earlier keeps running)
+        self.items = [(g, s._node) for g, s in zip(self.groups, schedules or [], strict=False) if s]
+        self.fused = schedules is not None and isinstance(optimizer, _FusedOptimizer)
+        self.saved = (
+            [(g["schedule"], g["schedule_step"]) for g in self.groups] if self.fused else []
+        )
+        if self.fused:
+            for g, s in zip(self.groups, schedules or [], strict=True):
+                g["schedule"] = s
+
+    def before_step(self, t: int) -> None:
+        if self.fused:
+            for g, _ in self.items:
+                g["schedule_step"] = t
+            return
+        key = self.key
+        for g, node in self.items:
+            _loop.set_group_value(g, "lr", node.value(t))
+            if key is not None and node.has_momentum:
+                _loop.set_group_value(g, key, node.momentum(t))
+
+    def close(self, t: int) -> None:
+        """Leave the groups at the values of the last step, without the fused schedule."""
+        if self.fused:
+            for g, (schedule, step) in zip(self.groups, self.saved, strict=True):
+                g["schedule"], g["schedule_step"] = schedule, step
+            self.optimizer._plan = None  # type: ignore[attr-defined]
+
+
+def _check_grad_clip(grad_clip: Any) -> float | None:
+    if grad_clip is None:
+        return None
+    if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)):
+        raise TypeError(f"grad_clip must be a number or None, got {type(grad_clip).__name__}")
+    if not grad_clip > 0 or not math.isfinite(grad_clip):
+        raise ValueError(f"grad_clip must be a finite number > 0, got {grad_clip!r}")
+    return float(grad_clip)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    loss_fn: Callable[..., Tensor],
+    optimizer: Optimizer,
+    *,
+    epochs: int,
+    schedule: Schedule | Sequence[Schedule | None] | None = None,
+    val_loader: Iterable[Any] | None = None,
+    metrics: Any = None,
+    callbacks: Any = None,
+    device: Any = None,
+    progress: bool | str = True,
+    grad_clip: float | None = None,
+    amp: Any = None,
+) -> History:
+    """Train ``model`` for ``epochs`` passes over ``train_loader``; returns a :class:`History`.
+
+    Each step: ``loss = loss_fn(model(*inputs), target)`` for a batch ``(inputs..., target)``,
+    ``backward``, gradients clipped to a total norm of ``grad_clip`` if given, the optimizer
+    step, ``zero_grad(set_to_none=True)``. Step ``t`` (counted from 0 over the whole run) uses
+    ``lr = schedule(t)`` — a :mod:`pylr.schedules` schedule scales each group's lr at the start,
+    a list gives each group its absolute schedule — and, where the schedule defines one, its
+    momentum as SGD's ``momentum`` or Adam's ``betas[0]``. With pylr's optimizers the schedule
+    is evaluated in C++ inside the step; the groups keep the last step's values afterwards.
+
+    After each epoch, with ``val_loader``, the validation loss and ``metrics`` (a dict of
+    name -> ``fn(output, target)`` or a list of functions, e.g. ``[pylr.accuracy]``) are
+    computed in eval mode, weighted by batch size.
+
+    ``progress``: True shows a tqdm bar per epoch (running loss and lr) in a terminal or
+    notebook and one line per epoch elsewhere; ``"bar"``/``"lines"`` force either; False is
+    silent. ``amp`` as in :func:`pylr.lr_find`. ``callbacks``: :class:`Callback` objects.
+
+    Ctrl-C stops the run after the current step: the history so far is returned with
+    ``interrupted=True`` and the model is left in its original train/eval mode with no grads.
+    """
+    _loop.check_model(model)
+    _loop.check_loader("train_loader", train_loader)
+    _loop.check_callable("loss_fn", loss_fn)
+    _loop.check_optimizer(optimizer)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    schedules = _group_schedules(optimizer, schedule)
+    named_metrics = _loop.normalize_metrics(metrics)
+    if named_metrics and val_loader is None:
+        raise ValueError("metrics are computed on val_loader; pass val_loader too")
+    if val_loader is not None:
+        _loop.check_loader("val_loader", val_loader)
+    clip = _check_grad_clip(grad_clip)
+    hooks = _bound_hooks(callbacks)
+    try:
+        steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
+    progress_ = _Progress(progress, epochs, steps_per_epoch)
+    dev = _loop.resolve_device(model, device)
+    amp_ = _loop.Amp(amp, dev)
+
+    history = History(len(optimizer.param_groups), steps_per_epoch)
+    driver = _Driver(optimizer, schedules)
+    was_training = model.training
+    t = 0
+    try:
+        with _StopFlag() as stop:
+            for fn in hooks["on_train_begin"]:
+                fn(history)
+            for epoch in range(1, epochs + 1):
+                model.train()
+                for fn in hooks["on_epoch_begin"]:
+                    fn(epoch, history)
+                progress_.start_epoch(epoch)
+                start, first = time.perf_counter(), len(history._lr)
+                for batch in _steps(train_loader, stop):
+                    t = _train_step(
+                        model,
+                        batch,
+                        loss_fn,
+                        optimizer,
+                        driver,
+                        amp_,
+                        clip,
+                        dev,
+                        history,
+                        t,
+                        progress_,
+                    )
+                    for fn in hooks["on_step_end"]:
+                        fn(t - 1, float(history._loss[-1]), history)
+                    if stop.requested:
+                        break
+                n = len(history._lr) - first
+                if stop.requested:
+                    _interrupt(history, "Ctrl-C")
+                    break
+                if history.steps_per_epoch is None:
+                    history.steps_per_epoch = n
+                if n == 0:
+                    raise ValueError("train_loader is empty")
+                logs = _epoch_logs(
+                    epoch, history, first, model, val_loader, loss_fn, named_metrics, dev, amp_
+                )
+                logs["time"] = time.perf_counter() - start
+                history.epochs.append(logs)
+                progress_.end_epoch(logs)
+                for fn in hooks["on_epoch_end"]:
+                    fn(epoch, logs, history)
+                if stop.requested:
+                    _interrupt(history, "Ctrl-C")
+                    break
+    except StopTraining as e:
+        _interrupt(history, str(e) or "StopTraining")
+    except KeyboardInterrupt:
+        _interrupt(history, "Ctrl-C")
+        print("\npylr.fit: interrupted; returning the history so far", file=sys.stderr)
+    finally:
+        progress_.close()
+        driver.close(t)
+        optimizer.zero_grad(set_to_none=True)
+        model.train(was_training)
+    history._flush()
+    for fn in hooks["on_train_end"]:
+        fn(history)
+    return history
+
+
+def _interrupt(history: History, reason: str) -> None:
+    history.interrupted = True
+    history.stop_reason = reason
+
+
+def _steps(loader: Iterable[Any], stop: _StopFlag) -> Iterator[Any]:
+    for batch in loader:
+        yield batch
+        if stop.requested:
+            return
+
+
+def _train_step(
+    model: nn.Module,
+    batch: Any,
+    loss_fn: Callable[..., Tensor],
+    optimizer: Optimizer,
+    driver: _Driver,
+    amp: _loop.Amp,
+    clip: float | None,
+    device: torch.device,
+    history: History,
+    t: int,
+    progress: _Progress,
+) -> int:
+    inputs, target = _loop.split_batch(_loop.to_device(batch, device), "train_loader")
+    with amp.autocast():
+        loss = loss_fn(model(*inputs), target)
+    if t == 0:
+        _loop.check_first_loss(loss, "the first batch")
+    amp.backward(loss)
+    if clip is not None:
+        amp.unscale(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    driver.before_step(t)
+    amp.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    groups = optimizer.param_groups
+    key = driver.key
+    history._lr.append([float(g["lr"]) for g in groups])
+    history._momentum.append([_loop.group_momentum(g, key) for g in groups])
+    detached = loss.detach()
+    history._loss.append(detached)
+    progress.update(detached, history._lr[-1][-1])
+    return t + 1
+
+
+def _epoch_logs(
+    epoch: int,
+    history: History,
+    first: int,
+    model: nn.Module,
+    val_loader: Iterable[Any] | None,
+    loss_fn: Callable[..., Tensor],
+    metrics: dict[str, _loop.Metric],
+    device: torch.device,
+    amp: _loop.Amp,
+) -> dict[str, float]:
+    history._flush()
+    logs: dict[str, float] = {
+        "epoch": epoch,
+        "train_loss": float(np.mean(history._loss_done[first:])),
+    }
+    if val_loader is not None:
+        scores = _loop._evaluate(model, val_loader, loss_fn, metrics, device, amp, "val_loader")
+        logs["val_loss"] = scores.pop("loss")
+        logs.update(scores)
+    return logs
+
+
+# --------------------------------------------------------------------------------------------
+# fit_one_cycle
+
+
+def spread_lrs(lr_max: Any, n_groups: int) -> list[float]:
+    """One lr per param group from ``lr_max``: a number for every group; a list with one per
+    group; or ``slice(low, high)`` / a ``(low, high)`` tuple spread geometrically from the first
+    group to the last (``low * (high / low) ** (i / (n - 1))``; ``high`` for a single group),
+    like fastai's ``slice``."""
+    if isinstance(lr_max, slice) or (isinstance(lr_max, tuple) and len(lr_max) == 2):
+        low, high = (lr_max.start, lr_max.stop) if isinstance(lr_max, slice) else lr_max
+        low_, high_ = _positive("lr_max low", low), _positive("lr_max high", high)
+        if low_ > high_:
+            raise ValueError(f"lr_max: low must be <= high, got ({low}, {high})")
+        if n_groups == 1:
+            return [high_]
+        ratio = high_ / low_
+        return [low_ * ratio ** (i / (n_groups - 1)) for i in range(n_groups)]
+    if isinstance(lr_max, (list, tuple, np.ndarray)):
+        if len(lr_max) != n_groups:
+            raise ValueError(
+                f"lr_max has {len(lr_max)} values but the optimizer has {n_groups} param groups "
+                "(pass slice(low, high) to spread a range across them)"
+            )
+        return [_positive(f"lr_max[{i}]", v) for i, v in enumerate(lr_max)]
+    return [_positive("lr_max", lr_max)] * n_groups
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    f = float(value)
+    if not math.isfinite(f) or f <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return f
+
+
+def fit_one_cycle(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    loss_fn: Callable[..., Tensor],
+    *,
+    epochs: int,
+    lr_max: float | Sequence[float] | slice,
+    optimizer: Optimizer | None = None,
+    pct_start: float = 0.25,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    moms: Sequence[float] = (0.95, 0.85, 0.95),
+    wd: float | None = None,
+    **fit_kwargs: Any,
+) -> History:
+    """Train with fastai's one-cycle policy (:class:`pylr.schedules.FastaiOneCycle`).
+
+    Over ``total = epochs * len(train_loader)`` steps each group's lr rises along a cosine from
+    ``lr_max / div`` to ``lr_max`` during the first ``pct_start`` of training, then anneals
+    along a cosine to ``lr_max / div_final``; the momentum (SGD) or beta1 (Adam) goes
+    ``moms[0] -> moms[1] -> moms[2]`` the other way. ``lr_max`` is a number, one per param group,
+    or ``slice(low, high)`` (or a ``(low, high)`` tuple) spread geometrically across the groups —
+    discriminative learning rates.
+
+    The default optimizer is fastai's: ``pylr.optim.AdamW(model.parameters(),
+    betas=(moms[0], 0.99), eps=1e-5, weight_decay=0.01 if wd is None else wd)``. With your own
+    optimizer, ``wd`` (if given) sets every group's ``weight_decay``. Other keyword arguments go
+    to :func:`fit`.
+    """
+    _loop.check_model(model)
+    if "schedule" in fit_kwargs:
+        raise TypeError("fit_one_cycle makes its own schedule; use fit(schedule=...) instead")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    _loop.check_loader("train_loader", train_loader)
+    try:
+        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "fit_one_cycle needs len(train_loader) to lay out the cycle; use fit() with a "
+            "schedule of your own for loaders without a length"
+        ) from None
+    if wd is not None:
+        _positive_or_zero("wd", wd)
+    if optimizer is not None:
+        _loop.check_optimizer(optimizer)
+    n_groups = 1 if optimizer is None else len(optimizer.param_groups)
+    lrs = spread_lrs(lr_max, n_groups)
+    # every argument is checked (by the schedules) before anything changes
+    total = epochs * steps_per_epoch
+    schedules: list[Schedule | None] = [
+        FastaiOneCycle(lr, total, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
+        for lr in lrs
+    ]
+    if optimizer is None:
+        from pylr.optim import AdamW
+
+        optimizer = AdamW(
+            model.parameters(),
+            lr=lrs[0],
+            betas=(schedules[0].moms[0], 0.99),  # type: ignore[union-attr]
+            eps=1e-5,
+            weight_decay=0.01 if wd is None else float(wd),
+        )
+    elif wd is not None:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = float(wd)
+    return fit(
+        model, train_loader, loss_fn, optimizer, epochs=epochs, schedule=schedules, **fit_kwargs
+    )
+
+
+def _positive_or_zero(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
