@@ -127,6 +127,16 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time pylr against torch in one run")
     b.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
+    d = sub.add_parser(
+        "demo", help="lr_find + fit_one_cycle on scikit-learn's bundled digits, with plots"
+    )
+    d.add_argument("-o", "--out-dir", default=".", help="where the PNGs go (default: here)")
+    d.add_argument("--epochs", type=_positive_int, default=10, help="default %(default)s")
+    d.add_argument(
+        "--num-iter", type=_positive_int, default=100, help="lr_find steps (default %(default)s)"
+    )
+    d.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     return parser
 
 
@@ -153,6 +163,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pylr.bench import run_bench
 
             run_bench(json_path=args.json, quick=args.quick)
+            return 0
+        if args.command == "demo":
+            from pylr.demo import run
+
+            run(
+                args.out_dir,
+                epochs=args.epochs,
+                num_iter=args.num_iter,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
             return 0
         schedule = parse_spec(args.spec)
         if args.command == "plot":

@@ -275,7 +275,7 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last > 0.2:  # the postfix costs a .item(): a few times a second at most
             self.last = now
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}", refresh=False)
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}")
 
     def end_epoch(self, logs: dict[str, float]) -> None:
         if self.bar is not None:
@@ -288,9 +288,9 @@ class _Progress:
         parts.append(f"{logs['time']:.1f}s")
         line = "  ".join(parts)
         if self.tqdm is not None:
-            self.tqdm.write(line, file=sys.stderr)
+            self.tqdm.write(line, file=sys.stderr)  # above the bars, which live on stderr
         else:
-            print(line, file=sys.stderr, flush=True)
+            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

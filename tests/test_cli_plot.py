@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -122,3 +125,38 @@ def test_bench_quick_runs_and_writes_json(tmp_path, capsys):
 
 def test_version():
     assert isinstance(pylr.__version__, str) and pylr.__version__.count(".") == 2
+
+
+def test_demo_runs_end_to_end_as_installed(tmp_path):
+    """The README's main job, as a new user runs it: the installed `pylr` script."""
+    exe = shutil.which("pylr")
+    cmd = [exe] if exe else [sys.executable, "-m", "pylr"]
+    proc = subprocess.run(
+        [*cmd, "demo", "-o", str(tmp_path / "out")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for name in ("valley", "slide", "minimum", "steep", "validation accuracy"):
+        assert name in out
+    accuracy = float(re.search(r"validation accuracy: ([\d.]+)%", out).group(1))
+    assert accuracy >= 90.0
+    assert out.count("epoch ") >= 10  # one line per epoch when not in a terminal
+    for name in ("lr_find", "schedule", "loss"):
+        path = tmp_path / "out" / f"{name}.png"
+        assert path.stat().st_size > 10_000
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_in_process_with_small_settings(tmp_path, capsys):
+    assert (
+        main(["demo", "-o", str(tmp_path), "--epochs", "2", "--num-iter", "20", "--no-progress"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert re.search(r"lr_find: \d+ steps", out)
+    assert "epoch 1/2" not in out  # --no-progress
+    assert sorted(os.listdir(tmp_path)) == ["loss.png", "lr_find.png", "schedule.png"]

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -308,6 +309,37 @@ def test_schedule_fusion_equals_a_scheduler():
     assert per_group.param_groups[0]["lr"] == 0.5 and per_group.param_groups[1]["lr"] == 1.0
     with pytest.raises(ValueError, match="one per param"):
         PO.SGD([{"params": a[:1]}, {"params": a[1:]}], lr=1.0, schedule=[S.Constant(0.5)])
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,key",
+    [(PO.SGD, {"momentum": 0.9, "nesterov": True}, "momentum"), (PO.Adam, {}, "betas")],
+)
+def test_fused_schedule_with_momentum_equals_schedule_lr(cls, kwargs, key):
+    """A schedule with momentum (OneCycle) drives SGD's momentum / Adam's beta1 when fused,
+    as ScheduleLR (cycle_momentum=True) does."""
+    sched = S.OneCycle(max_lr=0.05, total_steps=40)
+    init = make_params(torch.float32, [(17,), (300,)])
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    b = [torch.nn.Parameter(t.clone()) for t in init]
+    fused = cls(a, lr=1.0, schedule=sched, **kwargs)
+    plain = cls(b, lr=1.0, **kwargs)
+    driver = P_sched.ScheduleLR(plain, sched)
+    gen = torch.Generator().manual_seed(0)
+    moms = []
+    for _ in range(40):
+        for x, y in zip(a, b, strict=True):
+            x.grad = torch.randn(x.shape, generator=gen)
+            y.grad = x.grad.clone()
+        fused.step()
+        plain.step()
+        assert fused.param_groups[0][key] == plain.param_groups[0][key]
+        moms.append(fused.param_groups[0][key])
+        driver.step()
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    first = [m[0] if key == "betas" else m for m in moms]
+    np.testing.assert_array_equal(first, sched.momentum_values(40))
 
 
 def test_torch_schedulers_and_hand_edits_drive_the_lr():

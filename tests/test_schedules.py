@@ -50,6 +50,13 @@ def leaf_schedules() -> st.SearchStrategy[S.Schedule]:
             st.sampled_from(["cos", "linear"]),
             three_phase=st.booleans(),
         ),
+        st.builds(
+            S.FastaiOneCycle,
+            st.floats(1e-3, 1.0),
+            st.integers(1, 2000),
+            st.floats(0.05, 0.95),
+            moms=st.tuples(st.floats(0.8, 0.99), st.floats(0.5, 0.9), st.floats(0.8, 0.99)),
+        ),
         st.builds(S.InverseSqrt, reals, st.integers(0, 100)),
         st.builds(
             S.WarmupStableDecay,
@@ -164,6 +171,40 @@ def test_one_cycle_rises_then_falls_and_momentum_mirrors(s):
     assert v[0] == pytest.approx(s.max_lr / s.div_factor)
     assert v[-1] == pytest.approx(s.max_lr / s.div_factor / s.final_div_factor)
     assert s(n + 10) == s(n - 1)  # holds past the end
+
+
+def _fastai_combined_cos(pos, pct, start, middle, end):
+    """fastai's combined_cos from its definition (two cosine phases over the fraction pos)."""
+
+    def cos_anneal(a, b, x):
+        return a + (1 + math.cos(math.pi * (1 - x))) * (b - a) / 2
+
+    if pos < pct:
+        return cos_anneal(start, middle, pos / pct)
+    return cos_anneal(middle, end, (pos - pct) / (1 - pct))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.floats(1e-4, 1.0),
+    st.integers(1, 3000),
+    st.floats(0.05, 0.95),
+    st.floats(1.0, 100.0),
+    st.floats(1.0, 1e6),
+    st.tuples(st.floats(0.8, 0.99), st.floats(0.5, 0.9), st.floats(0.0, 0.99)),
+)
+def test_fastai_one_cycle_is_fastais_combined_cos(lr_max, total, pct, div, div_final, moms):
+    s = S.FastaiOneCycle(lr_max, total, pct, div, div_final, moms)
+    v, m = s.values(total + 5), s.momentum_values(total + 5)
+    for t in [*range(0, total, max(1, total // 50)), total - 1]:
+        pos = t / total
+        lr = _fastai_combined_cos(pos, pct, lr_max / div, lr_max, lr_max / div_final)
+        mom = _fastai_combined_cos(pos, pct, *moms)
+        assert v[t] == pytest.approx(lr, rel=1e-9, abs=1e-300)
+        assert m[t] == pytest.approx(mom, rel=1e-12, abs=1e-15)
+    # from total_steps on it holds the end values
+    assert v[total:] == pytest.approx([lr_max / div_final] * 5, rel=1e-9)
+    assert m[total:] == pytest.approx([moms[2]] * 5, abs=1e-15)
 
 
 @settings(max_examples=100, deadline=None)
@@ -328,6 +369,11 @@ def test_values_shapes_and_step_validation():
         (lambda: S.OneCycle(-0.1, 10), ValueError, "max_lr"),
         (lambda: S.OneCycle(0.1, 10, anneal_strategy="cosine"), ValueError, "anneal_strategy"),
         (lambda: S.OneCycle(0.1, 100, three_phase=1), TypeError, "three_phase"),
+        (lambda: S.FastaiOneCycle(0.0, 100), ValueError, "lr_max"),
+        (lambda: S.FastaiOneCycle(0.1, 100, pct_start=1.0), ValueError, "pct_start"),
+        (lambda: S.FastaiOneCycle(0.1, 100, moms=(0.9, 0.8)), ValueError, "moms"),
+        (lambda: S.FastaiOneCycle(0.1, 100, moms=(0.9, "a", 0.8)), TypeError, r"moms\[1\]"),
+        (lambda: S.FastaiOneCycle(0.1, 100, div_final=0), ValueError, "div_final"),
         (lambda: S.InverseSqrt(1.0, -1), ValueError, "warmup_steps"),
         (lambda: S.WarmupStableDecay(1.0, 1, 1, 1, "exp"), ValueError, "decay_shape"),
         (lambda: S.WarmupStableDecay(1.0, 1, 1, 1, min_ratio=2), ValueError, "min_ratio"),
