@@ -175,8 +175,10 @@ PYBIND11_MODULE(_core, m) {
     m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
-    m.def("prepare_threads", &pylr::prepare_threads,
-          "Wake idle pool threads ahead of a step (returns at once).");
+    m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),
+          "Wake idle pool threads ahead of a step over `elements` elements, if it is large "
+          "enough to be worth it (returns at once).");
+    m.attr("WAKE_MIN_ELEMENTS") = static_cast<std::int64_t>(pylr::kWakeMinElements);
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");
     m.def(

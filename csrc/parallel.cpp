@@ -1,5 +1,6 @@
 // The persistent pool behind parallel_for. Between jobs workers spin briefly, then sleep on a
-// condition variable; each job bumps a generation counter that wakes them.
+// condition variable; each job bumps a generation counter, and sleeping workers are woken for a
+// large job or for back-to-back jobs only (see kWakeMinElements).
 //
 // After fork() (DataLoader workers, multiprocessing) the child has none of the parent's threads
 // and may inherit a locked mutex, so a child process abandons the inherited state and builds a
@@ -42,7 +43,7 @@ class ThreadPool {
     explicit ThreadPool(int n_threads) { start_workers(n_threads); }
     ~ThreadPool() { stop_workers(); }
 
-    void run(std::size_t n_chunks, const ChunkFn& fn) {
+    void run(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers) {
         std::lock_guard<std::mutex> serial(run_mutex_);
         if (workers_.empty() || n_chunks <= 1) {
             for (std::size_t i = 0; i < n_chunks; ++i) fn(i);
@@ -53,7 +54,12 @@ class ThreadPool {
         n_chunks_.store(n_chunks, std::memory_order_relaxed);
         ticket_.store(g << 32, std::memory_order_release);
         generation_.store(g);  // seq_cst: pairs with the sleepers_ check below
-        if (sleepers_.load() > 0) {
+        // Back-to-back jobs (the last ended within a spin window) keep the workers hot even for
+        // small jobs; after a longer pause (forward and backward ran in between) only a large
+        // job wakes them.
+        const auto now = std::chrono::steady_clock::now();
+        const bool back_to_back = now - last_end_ < kSpinFor;
+        if ((wake_sleepers || back_to_back) && sleepers_.load() > 0) {
             std::lock_guard<std::mutex> lock(mutex_);
             wake_.notify_all();
         }
@@ -66,6 +72,7 @@ class ThreadPool {
                 std::this_thread::yield();
             }
         }
+        last_end_ = std::chrono::steady_clock::now();
     }
 
     int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
@@ -171,6 +178,7 @@ class ThreadPool {
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
     std::uint64_t wake_hint_ = 0;  // guarded by mutex_
+    std::chrono::steady_clock::time_point last_end_{};  // guarded by run_mutex_
 };
 
 int default_thread_count() noexcept {
@@ -200,11 +208,15 @@ ThreadPool& pool() {
 
 }  // namespace
 
-void parallel_for(std::size_t n_chunks, const ChunkFn& fn) noexcept { pool().run(n_chunks, fn); }
+void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers) noexcept {
+    pool().run(n_chunks, fn, wake_sleepers);
+}
 
 int get_num_threads() noexcept { return pool().size(); }
 
-void prepare_threads() noexcept { pool().prepare(); }
+void prepare_threads(std::size_t elements) noexcept {
+    if (elements >= kWakeMinElements) pool().prepare();
+}
 
 void set_num_threads(int n) noexcept {
     ThreadPool& p = pool();

@@ -9,13 +9,22 @@ namespace pylr {
 
 using ChunkFn = std::function<void(std::size_t chunk)>;
 
+// Jobs of at least this many elements are worth waking sleeping workers for. Below it workers
+// take part only in back-to-back calls (the previous job ended within their spin window): inside
+// a real training loop they have gone to sleep during forward/backward, and waking them costs
+// more than it saves while torch's OpenMP threads hold the other cores (a wake-up that lands on
+// the caller's core even preempts the caller).
+constexpr std::size_t kWakeMinElements = std::size_t{1} << 20;
+
 // Runs fn(chunk) for every chunk in [0, n_chunks), spread over the pool's threads. Returns when
 // all chunks are done. fn must not throw. Safe to call from several threads (calls serialise).
-void parallel_for(std::size_t n_chunks, const ChunkFn& fn) noexcept;
+// With wake_sleepers false, sleeping workers are left asleep (the caller does their share).
+void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers = true) noexcept;
 
-// Wakes idle workers so that they are spinning when a parallel_for comes shortly after (call it
-// before preparing a step in Python; it overlaps the OS wake-up with that work).
-void prepare_threads() noexcept;
+// Wakes idle workers so that they are spinning when a parallel_for over `elements` elements
+// comes shortly after (call it before preparing a step in Python; it overlaps the OS wake-up
+// with that work). Does nothing below kWakeMinElements.
+void prepare_threads(std::size_t elements) noexcept;
 
 // The number of threads parallel_for uses, the caller included (>= 1).
 int get_num_threads() noexcept;

@@ -29,8 +29,8 @@ enum class ScheduleKind : int {
     OneCycle = 9,            // params: initial_lr, max_lr, min_lr, end of phase 0, end of phase 1
                              //         (three-phase only), total_steps, three_phase, anneal,
                              //         base_momentum, max_momentum,
-                             //         past_end (0: hold the last value, 1: extrapolate like torch),
-                             //         final_momentum (torch: max_momentum)
+                             //         past_end (0: hold the last value, 1: extrapolate
+                             //         like torch), final_momentum (torch: max_momentum)
     InverseSqrt = 10,        // params: peak_value, warmup_steps, timescale
     WarmupStableDecay = 11,  // params: peak_value, warmup_steps, stable_steps, decay_steps,
                              //         decay_shape, init_value, min_ratio

@@ -310,6 +310,60 @@ def _bench_loops(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _bench_fit(quick: bool) -> list[dict[str, Any]]:
+    """``pylr.fit_one_cycle`` against the loop a torch user writes by hand for the same job
+    (torch's fused AdamW and OneCycleLR), on the demo's MLP shape: 64-128-64-10, 23 batches of 64
+    per epoch, batches already in memory so that the loop, not the loader, is timed."""
+    import torch
+
+    from pylr import optim as pylr_optim
+    from pylr.demo import digits_mlp
+    from pylr.train import fit, fit_one_cycle
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(23 * 64, 64, generator=gen)
+    y = torch.randint(0, 10, (23 * 64,), generator=gen)
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]
+    loss_fn = torch.nn.functional.cross_entropy
+    epochs = 2 if quick else 5
+    steps = epochs * len(batches)
+
+    def torch_loop() -> None:
+        model = digits_mlp(0)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+        for _ in range(epochs):
+            for xb, yb in batches:
+                loss_fn(model(xb), yb).backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+
+    def pylr_loop() -> None:
+        model = digits_mlp(0)
+        opt = pylr_optim.AdamW(model.parameters(), lr=1e-3)
+        fit(model, batches, loss_fn, opt, epochs=epochs, progress=False)
+
+    def pylr_one_cycle() -> None:
+        fit_one_cycle(digits_mlp(0), batches, loss_fn, epochs=epochs, lr_max=3e-3, progress=False)
+
+    runs = {"torch loop": torch_loop, "pylr.fit": pylr_loop, "pylr.fit_one_cycle": pylr_one_cycle}
+    for fn in runs.values():
+        fn()
+    times = {name: math.inf for name in runs}
+    for _ in range(3 if quick else 7):
+        for name, fn in runs.items():
+            times[name] = min(times[name], time_call(fn, number=1, repeat=1) / steps)
+    return [
+        {
+            "run": name,
+            "us_per_step": t * 1e6,
+            "speedup_vs_torch_loop": times["torch loop"] / t,
+        }
+        for name, t in times.items()
+    ]
+
+
 def _print_optimizers(rows: list[dict[str, Any]]) -> None:
     impls = list(rows[0]["ms_per_step"])
     print("Optimizer step, ms/step (float32; each implementation timed in this run)")
@@ -343,6 +397,7 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
         "schedulers": _bench_schedulers(quick),
         "optimizers": _bench_optimizers(quick),
         "loops": _bench_loops(quick),
+        "fit": _bench_fit(quick),
     }
     print("Schedules (pylr, closed form in C++)")
     print(f"  {'schedule':<10} {'values(1M) ms':>14} {'schedule(t) ns':>15}")
@@ -367,6 +422,12 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
             f"{r['speedup']:>7.2f}x   {'':<21}{r['torch_fused_step_ms']:>11.3f} "
             f"{r['pylr_step_ms']:>8.3f}"
         )
+    print(
+        "Training loop, MLP 64-128-64-10, batch 64, us/step (torch loop: fused AdamW + OneCycleLR"
+        " by hand)"
+    )
+    for r in results["fit"]:
+        print(f"  {r['run']:<20} {r['us_per_step']:>8.1f} {r['speedup_vs_torch_loop']:>7.2f}x")
     if json_path:
         with open(json_path, "w") as f:
             json.dump(results, f, indent=2)

@@ -175,7 +175,7 @@ class PointerTable:
     very same tensors (same objects, same storage) so the table can be reused as is.
     """
 
-    __slots__ = ("columns", "param_ptrs", "table", "written")
+    __slots__ = ("columns", "numel", "param_ptrs", "table", "written")
 
     def __init__(
         self,
@@ -199,6 +199,7 @@ class PointerTable:
             table[i, COL_FIRST] = 1 if first_step is not None and first_step[i] else 0
             offset += numel
         self.table = table
+        self.numel = offset  # elements in the step
         self.columns = [list(c) for c in columns]
         self.param_ptrs = [p.data_ptr() for p in params]
         # what the step writes, for autograd's version counters (the grads are read only)

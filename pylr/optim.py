@@ -223,7 +223,8 @@ class _FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        _core.prepare_threads()  # the pool wakes while Python prepares the step
+        # a large step wakes the pool while Python prepares it (the last plan tells the size)
+        _core.prepare_threads(0 if self._plan is None else self._plan.table.numel)
         self._apply_schedules()
         plan = self._prepare()
         if plan is None:

@@ -94,7 +94,8 @@ void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visi
     if (n_chunks == 1) {
         run_chunk(0);
     } else {
-        parallel_for(static_cast<std::size_t>(n_chunks), run_chunk);
+        parallel_for(static_cast<std::size_t>(n_chunks), run_chunk,
+                     static_cast<std::size_t>(total) >= kWakeMinElements);
     }
 }
 
