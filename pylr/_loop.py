@@ -174,6 +174,21 @@ def check_first_loss(loss: Any, where: str) -> None:
         raise ValueError(f"the loss on {where} is {value}, not a finite number")
 
 
+class SmoothedLoss:
+    """Bias-corrected exponential moving average: ``avg = beta * avg + (1 - beta) * x``,
+    reported as ``avg / (1 - beta ** n)`` after ``n`` values (fastai's smoothing)."""
+
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+        self.avg = 0.0
+        self.n = 0
+
+    def update(self, x: float) -> float:
+        self.n += 1
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * x
+        return self.avg / (1.0 - self.beta**self.n)
+
+
 def momentum_key(optimizer: Optimizer) -> str | None:
     """'betas' (Adam-like: beta1 is the momentum), 'momentum' (SGD-like) or None."""
     group = optimizer.param_groups[0]

@@ -524,7 +524,7 @@ def _sweep(
     optimizer.zero_grad(set_to_none=True)
     raw: list[float] = []
     smoothed: list[float] = []
-    avg, best = 0.0, math.inf
+    ema, best = _loop.SmoothedLoss(smooth), math.inf
     for t, lrs in enumerate(table.tolist()):
         for group, lr in zip(groups, lrs, strict=True):
             _loop.set_group_value(group, "lr", lr)
@@ -546,8 +546,7 @@ def _sweep(
         else:
             value = total / accumulation_steps
         raw.append(value)
-        avg = smooth * avg + (1.0 - smooth) * value
-        smoothed.append(avg / (1.0 - smooth ** (t + 1)))
+        smoothed.append(ema.update(value))
         if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_th * best:
             return raw, smoothed, t < len(table) - 1
         best = min(best, smoothed[-1])

@@ -150,7 +150,13 @@ class History:
         x = np.arange(len(loss))
         ax.plot(x, loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss (step)")
         if len(loss) > 1:
-            ax.plot(x, _ema(loss, 0.9), color="C0", label="train loss (smoothed)")
+            smooth = _loop.SmoothedLoss(0.9)
+            ax.plot(
+                x,
+                [smooth.update(v) for v in loss.tolist()],
+                color="C0",
+                label="train loss (smoothed)",
+            )
         if self.epochs and self.steps_per_epoch:
             ends = np.asarray([e["epoch"] for e in self.epochs]) * self.steps_per_epoch - 1
             ax.plot(ends, self.epoch_values("train_loss"), "o-", color="C1", label="train (epoch)")
@@ -208,16 +214,6 @@ class History:
             f"History(steps={self.steps}, epochs={len(self.epochs)}"
             f"{', ' + tail if tail else ''}{', interrupted' if self.interrupted else ''})"
         )
-
-
-def _ema(x: np.ndarray, beta: float) -> np.ndarray:
-    """Bias-corrected exponential moving average (as lr_find smooths its loss)."""
-    out = np.empty_like(x)
-    avg = 0.0
-    for i, v in enumerate(x):
-        avg = beta * avg + (1.0 - beta) * v
-        out[i] = avg / (1.0 - beta ** (i + 1))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
