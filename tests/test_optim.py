@@ -276,25 +276,36 @@ def test_one_and_two_threads_give_identical_results():
         assert torch.equal(a, b)
 
 
-def test_schedule_fusion_equals_a_scheduler():
-    sched = S.warmup(S.Cosine(T_max=40), steps=10)
+def fused_vs_scheduler(make, sched, steps, key):
+    """The same params trained by ``make(params, schedule=sched)`` and by ``make(params)`` driven
+    by ScheduleLR; after every step ``key`` of every group and the params agree exactly.
+    Returns the fused optimizer, its params, and group 0's ``key`` per step."""
     init = make_params(torch.float32, [(17,), (300,)])
     a = [torch.nn.Parameter(t.clone()) for t in init]
     b = [torch.nn.Parameter(t.clone()) for t in init]
-    fused = PO.AdamW([{"params": a[:1], "lr": 0.1}, {"params": a[1:], "lr": 0.01}], schedule=sched)
-    plain = PO.AdamW([{"params": b[:1], "lr": 0.1}, {"params": b[1:], "lr": 0.01}])
+    fused, plain = make(a, schedule=sched), make(b)
     driver = P_sched.ScheduleLR(plain, sched)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(60):
+    seen = []
+    for _ in range(steps):
         for x, y in zip(a, b, strict=True):
             x.grad = torch.randn(x.shape, generator=gen)
             y.grad = x.grad.clone()
         fused.step()
         plain.step()
-        assert [g["lr"] for g in fused.param_groups] == [g["lr"] for g in plain.param_groups]
+        assert [g[key] for g in fused.param_groups] == [g[key] for g in plain.param_groups]
+        seen.append(fused.param_groups[0][key])
         driver.step()
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
+    return fused, a, seen
+
+
+def test_schedule_fusion_equals_a_scheduler():
+    def make(p, **kw):
+        return PO.AdamW([{"params": p[:1], "lr": 0.1}, {"params": p[1:], "lr": 0.01}], **kw)
+
+    fused, a, _ = fused_vs_scheduler(make, S.warmup(S.Cosine(T_max=40), steps=10), 60, "lr")
     # the state dict keeps the schedule as JSON-safe data and restores it
     sd = fused.state_dict()
     assert sd["param_groups"][0]["schedule"]["type"] == "Scaled"
@@ -319,25 +330,7 @@ def test_fused_schedule_with_momentum_equals_schedule_lr(cls, kwargs, key):
     """A schedule with momentum (OneCycle) drives SGD's momentum / Adam's beta1 when fused,
     as ScheduleLR (cycle_momentum=True) does."""
     sched = S.OneCycle(max_lr=0.05, total_steps=40)
-    init = make_params(torch.float32, [(17,), (300,)])
-    a = [torch.nn.Parameter(t.clone()) for t in init]
-    b = [torch.nn.Parameter(t.clone()) for t in init]
-    fused = cls(a, lr=1.0, schedule=sched, **kwargs)
-    plain = cls(b, lr=1.0, **kwargs)
-    driver = P_sched.ScheduleLR(plain, sched)
-    gen = torch.Generator().manual_seed(0)
-    moms = []
-    for _ in range(40):
-        for x, y in zip(a, b, strict=True):
-            x.grad = torch.randn(x.shape, generator=gen)
-            y.grad = x.grad.clone()
-        fused.step()
-        plain.step()
-        assert fused.param_groups[0][key] == plain.param_groups[0][key]
-        moms.append(fused.param_groups[0][key])
-        driver.step()
-        for x, y in zip(a, b, strict=True):
-            assert torch.equal(x, y)
+    _, _, moms = fused_vs_scheduler(lambda p, **kw: cls(p, lr=1.0, **kwargs, **kw), sched, 40, key)
     first = [m[0] if key == "betas" else m for m in moms]
     np.testing.assert_array_equal(first, sched.momentum_values(40))
 
