@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from pylr import _loop
 from pylr.schedules import FastaiOneCycle, Schedule
@@ -329,10 +330,19 @@ class _StopFlag:
 # fit
 
 
+def _torch_scheduler(optimizer: Optimizer, schedule: Any) -> Any:
+    """``schedule`` if it is a torch (or pylr.lr_scheduler) scheduler object of ``optimizer``."""
+    if not isinstance(schedule, (LRScheduler, ReduceLROnPlateau)):
+        return None
+    if schedule.optimizer is not optimizer:
+        raise ValueError("schedule is a scheduler of another optimizer than the one fit trains")
+    return schedule
+
+
 def _group_schedules(optimizer: Optimizer, schedule: Any) -> list[Schedule | None] | None:
     """Absolute per-group schedules: one schedule scales each group's current lr, a list gives
     one per group (None leaves a group alone)."""
-    if schedule is None:
+    if schedule is None or _torch_scheduler(optimizer, schedule) is not None:
         return None
     groups = optimizer.param_groups
     if isinstance(schedule, Schedule):
@@ -348,20 +358,26 @@ def _group_schedules(optimizer: Optimizer, schedule: Any) -> list[Schedule | Non
                 raise TypeError(f"schedule[{i}] must be a Schedule or None, not {type(s).__name__}")
         return list(schedule)
     raise TypeError(
-        "schedule must be a pylr.schedules.Schedule (a factor on each group's lr) or a list with "
-        f"one per param group, got {type(schedule).__name__}"
+        "schedule must be a pylr.schedules.Schedule (a factor on each group's lr), a list with "
+        "one per param group, or a torch.optim.lr_scheduler scheduler of the optimizer, got "
+        f"{type(schedule).__name__}"
     )
 
 
 class _Driver:
     """Puts the schedules' values into the param groups before each step: fused into the step
     for pylr's optimizers (their groups carry the schedule and its step), written from Python
-    for any other optimizer."""
+    for any other optimizer. A torch scheduler object is stepped after every optimizer step
+    (``ReduceLROnPlateau`` after every epoch, on the validation loss if there is one)."""
 
-    def __init__(self, optimizer: Optimizer, schedules: list[Schedule | None] | None) -> None:
+    def __init__(
+        self, optimizer: Optimizer, schedules: list[Schedule | None] | None, torch_scheduler: Any
+    ) -> None:
         from pylr.optim import _FusedOptimizer
 
         self.optimizer = optimizer
+        self.plateau = torch_scheduler if isinstance(torch_scheduler, ReduceLROnPlateau) else None
+        self.per_step = None if self.plateau is not None else torch_scheduler
         self.groups = optimizer.param_groups
         self.key = _loop.momentum_key(optimizer)
         # without a schedule, fit leaves the lr alone (a schedule fused earlier keeps running)
@@ -384,6 +400,14 @@ class _Driver:
             _loop.set_group_value(g, "lr", node.value(t))
             if key is not None and node.has_momentum:
                 _loop.set_group_value(g, key, node.momentum(t))
+
+    def after_step(self) -> None:
+        if self.per_step is not None:
+            self.per_step.step()
+
+    def after_epoch(self, logs: dict[str, float]) -> None:
+        if self.plateau is not None:
+            self.plateau.step(logs.get("val_loss", logs["train_loss"]))
 
     def close(self, t: int) -> None:
         """Leave the groups at the values of the last step, without the fused schedule."""
@@ -410,7 +434,7 @@ def fit(
     optimizer: Optimizer,
     *,
     epochs: int,
-    schedule: Schedule | Sequence[Schedule | None] | None = None,
+    schedule: Schedule | Sequence[Schedule | None] | LRScheduler | ReduceLROnPlateau | None = None,
     val_loader: Iterable[Any] | None = None,
     metrics: Any = None,
     callbacks: Any = None,
@@ -428,6 +452,10 @@ def fit(
     a list gives each group its absolute schedule — and, where the schedule defines one, its
     momentum as SGD's ``momentum`` or Adam's ``betas[0]``. With pylr's optimizers the schedule
     is evaluated in C++ inside the step; the groups keep the last step's values afterwards.
+    ``schedule`` may also be a torch scheduler object of ``optimizer`` (any
+    ``torch.optim.lr_scheduler`` or ``pylr.lr_scheduler`` class): it is stepped after every
+    optimizer step, or after every epoch on the validation (else training) loss for
+    ``ReduceLROnPlateau``.
 
     After each epoch, with ``val_loader``, the validation loss and ``metrics`` (a dict of
     name -> ``fn(output, target)`` or a list of functions, e.g. ``[pylr.accuracy]``) are
@@ -463,7 +491,7 @@ def fit(
     amp_ = _loop.Amp(amp, dev)
 
     history = History(len(optimizer.param_groups), steps_per_epoch)
-    driver = _Driver(optimizer, schedules)
+    driver = _Driver(optimizer, schedules, _torch_scheduler(optimizer, schedule))
     was_training = model.training
     t = 0
     try:
@@ -507,6 +535,7 @@ def fit(
                 )
                 logs["time"] = time.perf_counter() - start
                 history.epochs.append(logs)
+                driver.after_epoch(logs)
                 progress_.end_epoch(logs)
                 for fn in hooks["on_epoch_end"]:
                     fn(epoch, logs, history)
@@ -571,6 +600,7 @@ def _train_step(
     key = driver.key
     history._lr.append([float(g["lr"]) for g in groups])
     history._momentum.append([_loop.group_momentum(g, key) for g in groups])
+    driver.after_step()
     detached = loss.detach()
     history._loss.append(detached)
     progress.update(detached, history._lr[-1][-1])

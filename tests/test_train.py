@@ -175,6 +175,48 @@ def test_fit_with_a_relative_schedule_and_without_one():
     assert np.isnan(h.momentum).all()  # no momentum to cycle: only the lr follows
 
 
+def test_fit_steps_a_torch_scheduler_object():
+    from pylr import lr_scheduler as P_sched
+
+    for cls in (torch.optim.lr_scheduler.OneCycleLR, P_sched.OneCycleLR):
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = cls(opt, max_lr=0.1, total_steps=18)
+        history = pylr.fit(model, data(), CE, opt, epochs=3, schedule=sched, progress=False)
+        ref_opt = torch.optim.SGD(net().parameters(), lr=0.1, momentum=0.9)
+        ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=0.1, total_steps=18)
+        lrs, moms = [], []
+        for _ in range(18):
+            lrs.append(ref_opt.param_groups[0]["lr"])
+            moms.append(ref_opt.param_groups[0]["momentum"])
+            ref_opt.step()
+            ref.step()
+        np.testing.assert_allclose(history.lr[:, 0], lrs, rtol=1e-12)
+        np.testing.assert_allclose(history.momentum[:, 0], moms, rtol=1e-12)
+    # ReduceLROnPlateau steps once an epoch, on the validation loss
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    seen = []
+    original = plateau.step
+    plateau.step = lambda metrics: (seen.append(metrics), original(metrics))
+    history = pylr.fit(
+        model, data(), CE, opt, epochs=3, schedule=plateau, val_loader=data(seed=1), progress=False
+    )
+    assert seen == list(history.epoch_values("val_loss"))
+    other = torch.optim.SGD(net().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="another optimizer"):
+        pylr.fit(
+            model,
+            data(),
+            CE,
+            opt,
+            epochs=1,
+            schedule=torch.optim.lr_scheduler.StepLR(other, 2),
+            progress=False,
+        )
+
+
 def test_digits_accuracy_with_fit_one_cycle_and_evaluate():
     from pylr.demo import digits_loaders, digits_mlp
 
