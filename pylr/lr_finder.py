@@ -263,19 +263,21 @@ class _Snapshot:
         state_params = [p for p in optimizer.state if optimizer.state[p]]
         self.state_params = state_params
         self.state_other: list[dict[str, Any]] = []
+        # on disk, the live tensors are written as they are (no copy in memory first)
+        keep = (lambda t: t.detach()) if cache_dir is not None else (lambda t: t.detach().clone())
         state_tensors: list[dict[str, Tensor]] = []
         for p in state_params:
             tensors, other = {}, {}
             for k, v in optimizer.state[p].items():
                 if isinstance(v, Tensor):
-                    tensors[k] = v.detach().clone()
+                    tensors[k] = keep(v)
                 else:
                     other[k] = copy.deepcopy(v)
             state_tensors.append(tensors)
             self.state_other.append(other)
         data = {
-            "tensors": [t.detach().clone() for t in self.tensors],
-            "grads": [None if p.grad is None else p.grad.detach().clone() for p in self.params],
+            "tensors": [keep(t) for t in self.tensors],
+            "grads": [None if p.grad is None else keep(p.grad) for p in self.params],
             "state": state_tensors,
         }
         self.path: str | None = None
@@ -291,11 +293,15 @@ class _Snapshot:
         if self.data is not None:
             return self.data
         assert self.path is not None
-        return torch.load(self.path, weights_only=True)  # each tensor back on its device
+        # memory-mapped: restoring streams from the file instead of loading it all first; each
+        # tensor comes back on the device it was saved from
+        return torch.load(self.path, weights_only=True, mmap=True)
 
     @torch.no_grad()
     def restore(self) -> None:
         data = self._load()
+        # a tensor put back whole (not copied into a live one) must not stay mapped to the file
+        own = (lambda t: t.clone()) if self.path is not None else (lambda t: t)
         for t, saved in zip(self.tensors, data["tensors"], strict=True):
             t.copy_(saved)
         for p, g in zip(self.params, data["grads"], strict=True):
@@ -304,7 +310,7 @@ class _Snapshot:
             elif p.grad is not None and p.grad.shape == g.shape and p.grad.dtype == g.dtype:
                 p.grad.copy_(g)
             else:
-                p.grad = g
+                p.grad = own(g)
         for m, mode in self.modes:
             m.training = mode
         opt = self.optimizer
@@ -330,7 +336,7 @@ class _Snapshot:
                 if isinstance(cur, Tensor) and cur.shape == v.shape and cur.dtype == v.dtype:
                     cur.copy_(v)
                 else:
-                    state[k] = v
+                    state[k] = own(v)
             for k, v in other.items():
                 state[k] = copy.deepcopy(v)
         if hasattr(opt, "_plan"):

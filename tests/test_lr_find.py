@@ -211,8 +211,9 @@ def test_restored_after_an_exception_mid_sweep(name, error):
     assert_same(before, model, opt)
 
 
-def test_restore_from_disk_with_cache_dir(tmp_path):
-    model, opt, data = trained(OPTIMIZERS["pylr-AdamW"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_restore_from_disk_with_cache_dir(tmp_path, name):
+    model, opt, data = trained(OPTIMIZERS[name])
     before = snapshot(model, opt)
     seen = []
 
@@ -225,7 +226,7 @@ def test_restore_from_disk_with_cache_dir(tmp_path):
     assert os.listdir(tmp_path) == []  # the snapshot file is gone afterwards
     assert_same(before, model, opt)
     # the restored optimizer trains on exactly like an untouched copy
-    twin_model, twin_opt, _ = trained(OPTIMIZERS["pylr-AdamW"])
+    twin_model, twin_opt, _ = trained(OPTIMIZERS[name])
     for m, o in [(model, opt), (twin_model, twin_opt)]:
         m.train()
         o.step()
