@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -154,6 +156,66 @@ class Amp:
     def unscale(self, optimizer: Optimizer) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
+
+
+def interactive() -> bool:
+    """A terminal on stderr, or a Jupyter kernel."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """``progress=True``: a tqdm bar (with the running loss and lr) in a terminal or notebook,
+    summary lines only elsewhere; ``"bar"``/``"lines"`` force either; ``False`` shows nothing."""
+
+    def __init__(self, progress: Any, total: int | None) -> None:
+        if progress not in (True, False, "bar", "lines"):
+            raise ValueError(f"progress must be True, False, 'bar' or 'lines', got {progress!r}")
+        self.total = total
+        self.enabled = progress is not False
+        mode = progress if isinstance(progress, str) else ("bar" if interactive() else "lines")
+        self.tqdm: Any = None
+        if self.enabled and mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.tqdm = tqdm
+        self.bar: Any = None
+        self.last = 0.0
+
+    def start(self, desc: str) -> None:
+        if self.tqdm is not None:
+            self.bar = self.tqdm(
+                total=self.total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr
+            )
+        self.last = 0.0
+
+    def update(self, loss: Tensor, lr: float) -> None:
+        bar = self.bar
+        if bar is None:
+            return
+        bar.update(1)
+        now = time.perf_counter()
+        if now - self.last > 0.2:  # the postfix costs a .item(): a few times a second at most
+            self.last = now
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}")
+
+    def line(self, text: str) -> None:
+        """A summary line: above the bars (on stderr) with tqdm, else on stdout."""
+        if not self.enabled:
+            return
+        if self.tqdm is not None:
+            self.tqdm.write(text, file=sys.stderr)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def check_first_loss(loss: Any, where: str) -> None:

@@ -403,6 +403,7 @@ def lr_find(
     amp: Any = None,
     cache_dir: str | os.PathLike[str] | None = None,
     suggest: str = "valley",
+    progress: bool | str = True,
 ) -> LRFindResult:
     """Run the learning-rate range test and suggest an lr.
 
@@ -430,6 +431,8 @@ def lr_find(
         amp: mixed precision (``True``, ``torch.float16``/``"fp16"``, ``torch.bfloat16``/
             ``"bf16"``); float16 uses a ``GradScaler``.
         suggest: which rule :attr:`LRFindResult.suggested` follows.
+        progress: a tqdm bar with the loss and lr in a terminal or notebook (``"bar"`` forces
+            it, ``False`` hides it).
 
     Returns:
         an :class:`LRFindResult` with ``lrs``, ``losses``, ``raw_losses``, ``suggestions``,
@@ -458,6 +461,10 @@ def lr_find(
         _loop.check_loader("val_loader", val_loader)
     if suggest not in SUGGESTIONS:
         raise ValueError(f"suggest must be one of {list(SUGGESTIONS)}, got {suggest!r}")
+    if progress not in (True, False, "bar"):
+        raise ValueError(f"progress must be True, False or 'bar', got {progress!r}")
+    show = progress == "bar" or (progress is True and _loop.interactive())
+    bar = _loop.Progress("bar" if show else False, num_iter)
     n_groups = 1 if optimizer is None else len(optimizer.param_groups)
     starts = _per_group_lrs("start_lr", start_lr, n_groups)
     ends = _per_group_lrs("end_lr", end_lr, n_groups)
@@ -477,6 +484,7 @@ def lr_find(
 
     snapshot = _Snapshot(model, optimizer, cache_dir)
     try:
+        bar.start("lr_find")
         raw, smoothed, stopped = _sweep(
             model,
             train_loader,
@@ -489,8 +497,10 @@ def lr_find(
             accumulation_steps,
             dev,
             amp_,
+            bar,
         )
     finally:
+        bar.close()
         try:
             snapshot.restore()
         finally:
@@ -518,6 +528,7 @@ def _sweep(
     accumulation_steps: int,
     device: torch.device,
     amp: _loop.Amp,
+    bar: _loop.Progress,
 ) -> tuple[list[float], list[float], bool]:
     """The training steps of the range test: the raw and smoothed losses, and whether it
     stopped early at divergence."""
@@ -553,6 +564,7 @@ def _sweep(
             value = total / accumulation_steps
         raw.append(value)
         smoothed.append(ema.update(value))
+        bar.update(smoothed[-1], lrs[-1])
         if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_th * best:
             return raw, smoothed, t < len(table) - 1
         best = min(best, smoothed[-1])

@@ -218,84 +218,6 @@ class History:
 
 
 # --------------------------------------------------------------------------------------------
-# Progress display
-
-
-def _interactive() -> bool:
-    """A terminal on stderr, or a Jupyter kernel."""
-    if "ipykernel" in sys.modules:
-        return True
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-class _Progress:
-    """tqdm bars (one per epoch, with the running loss and lr) in a terminal or notebook; one
-    line per epoch otherwise; nothing with ``progress=False``."""
-
-    def __init__(self, progress: Any, epochs: int, total: int | None) -> None:
-        if progress not in (True, False, "bar", "lines"):
-            raise ValueError(f"progress must be True, False, 'bar' or 'lines', got {progress!r}")
-        self.epochs = epochs
-        self.total = total
-        self.enabled = progress is not False
-        mode = progress if isinstance(progress, str) else ("bar" if _interactive() else "lines")
-        self.tqdm: Any = None
-        if self.enabled and mode == "bar":
-            try:
-                from tqdm.auto import tqdm
-
-                self.tqdm = tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                self.tqdm = None
-        self.bar: Any = None
-        self.last = 0.0
-
-    def start_epoch(self, epoch: int) -> None:
-        if self.tqdm is not None:
-            self.bar = self.tqdm(
-                total=self.total,
-                desc=f"epoch {epoch}/{self.epochs}",
-                leave=False,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-        self.last = 0.0
-
-    def update(self, loss: Tensor, lr: float) -> None:
-        bar = self.bar
-        if bar is None:
-            return
-        bar.update(1)
-        now = time.perf_counter()
-        if now - self.last > 0.2:  # the postfix costs a .item(): a few times a second at most
-            self.last = now
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}")
-
-    def end_epoch(self, logs: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if not self.enabled:
-            return
-        parts = [f"epoch {int(logs['epoch'])}/{self.epochs}"]
-        parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("epoch", "time")]
-        parts.append(f"{logs['time']:.1f}s")
-        line = "  ".join(parts)
-        if self.tqdm is not None:
-            self.tqdm.write(line, file=sys.stderr)  # above the bars, which live on stderr
-        else:
-            print(line, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-# --------------------------------------------------------------------------------------------
 # Ctrl-C
 
 
@@ -486,7 +408,7 @@ def fit(
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
         steps_per_epoch = None
-    progress_ = _Progress(progress, epochs, steps_per_epoch)
+    progress_ = _loop.Progress(progress, steps_per_epoch)
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
 
@@ -502,7 +424,7 @@ def fit(
                 model.train()
                 for fn in hooks["on_epoch_begin"]:
                     fn(epoch, history)
-                progress_.start_epoch(epoch)
+                progress_.start(f"epoch {epoch}/{epochs}")
                 start, first = time.perf_counter(), len(history._lr)
                 for batch in _steps(train_loader, stop):
                     t = _train_step(
@@ -536,7 +458,8 @@ def fit(
                 logs["time"] = time.perf_counter() - start
                 history.epochs.append(logs)
                 driver.after_epoch(logs)
-                progress_.end_epoch(logs)
+                progress_.close()
+                progress_.line(_epoch_line(logs, epochs))
                 for fn in hooks["on_epoch_end"]:
                     fn(epoch, logs, history)
                 if stop.requested:
@@ -581,7 +504,7 @@ def _train_step(
     device: torch.device,
     history: History,
     t: int,
-    progress: _Progress,
+    progress: _loop.Progress,
 ) -> int:
     inputs, target = _loop.split_batch(_loop.to_device(batch, device), "train_loader")
     with amp.autocast():
@@ -605,6 +528,13 @@ def _train_step(
     history._loss.append(detached)
     progress.update(detached, history._lr[-1][-1])
     return t + 1
+
+
+def _epoch_line(logs: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {int(logs['epoch'])}/{epochs}"]
+    parts += [f"{k} {v:.4f}" for k, v in logs.items() if k not in ("epoch", "time")]
+    parts.append(f"{logs['time']:.2f}s")
+    return "  ".join(parts)
 
 
 def _epoch_logs(

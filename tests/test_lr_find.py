@@ -418,6 +418,16 @@ def test_a_fused_schedule_steps_aside_and_comes_back():
     assert opt.param_groups[0]["schedule"] == 0.1 * Cosine(T_max=10)
 
 
+def test_progress_bar(capsys):
+    pylr.lr_find(Net(), small_data(), CE, num_iter=5, progress="bar", diverge_th=math.inf)
+    err = capsys.readouterr().err
+    assert "lr_find" in err and "loss=" in err and "lr=1e-07" in err
+    pylr.lr_find(Net(), small_data(), CE, num_iter=5)  # not a terminal: silent
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="progress must be"):
+        pylr.lr_find(Net(), small_data(), CE, progress="lines")
+
+
 # ---------------------------------------------------------------------------------------------
 # the suggestion rules on known curves
 
