@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pylr
@@ -451,6 +453,71 @@ def test_suggestion_rules():
     assert lr_finder.valley(lrs[:1], losses[:1]) == lrs[0]
     assert lr_finder.slide(lrs[:2], losses[:2]) in lrs[:2]
     assert lr_finder.steep(lrs[:1], losses[:1]) == lrs[0]
+
+
+def _valley_reference(lrs, losses):
+    """The valley rule by its definition, with plain loops: the longest strictly decreasing
+    subsequence (the first one found of that length), and a point half-way down it."""
+    n = len(losses)
+    best_len, best_end = 1, 0
+    longest = [1] * n
+    for i in range(n):
+        for j in range(i):
+            if losses[j] > losses[i]:
+                longest[i] = max(longest[i], longest[j] + 1)
+        if longest[i] > best_len:
+            best_len, best_end = longest[i], i
+    start = best_end - best_len
+    third = (best_end - start) / 3
+    return lrs[min(max(start + int(third) + int(third / 2), 0), n - 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.01, 10.0, allow_nan=False), min_size=1, max_size=60),
+    st.floats(1e-8, 1e-3),
+    st.floats(1.01, 2.0),
+)
+def test_suggestion_rules_on_random_curves(losses, lr0, ratio):
+    losses = np.asarray(losses)
+    lrs = lr0 * ratio ** np.arange(len(losses))
+    assert lr_finder.valley(lrs, losses) == _valley_reference(lrs, losses)
+    for rule in (lr_finder.valley, lr_finder.slide, lr_finder.steep):
+        assert lrs[0] <= rule(lrs, losses) <= lrs[-1]
+    assert lr_finder.minimum(lrs, losses) == lrs[int(np.argmin(losses))] / 10
+
+
+def test_batches_with_several_inputs_and_an_explicit_device():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 2), nn.Linear(3, 2)
+
+        def forward(self, x, z):
+            return self.a(x) + self.b(z)
+
+    gen = torch.Generator().manual_seed(0)
+    data = [
+        (
+            torch.randn(16, 8, generator=gen),
+            torch.randn(16, 3, generator=gen),
+            torch.randint(0, 2, (16,), generator=gen),
+        )
+        for _ in range(4)
+    ]
+    model = TwoInputs()
+    result = pylr.lr_find(model, data, CE, num_iter=6, device="cpu", diverge_th=math.inf)
+    assert len(result.lrs) == 6
+    history = pylr.fit(
+        model,
+        data,
+        CE,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=1,
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    assert history.steps == 4
 
 
 # ---------------------------------------------------------------------------------------------
