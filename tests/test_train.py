@@ -466,6 +466,25 @@ def test_amp(amp):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_a_loader_without_len():
+    class Stream:
+        def __iter__(self):
+            yield from data()
+
+    model = net()
+    history = pylr.fit(
+        model,
+        Stream(),
+        CE,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        epochs=2,
+        schedule=S.Cosine(T_max=12),
+        progress="bar",
+    )
+    assert history.steps == 12 and history.steps_per_epoch == 6
+    np.testing.assert_allclose(history.lr[:, 0], 0.1 * S.Cosine(T_max=12).values(12), rtol=1e-15)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 
