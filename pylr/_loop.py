@@ -193,15 +193,18 @@ class Progress:
             )
         self.last = 0.0
 
-    def update(self, loss: Tensor, lr: float) -> None:
+    def update(self, loss: float | Callable[[], Any], lr: float) -> None:
+        """One step done; ``loss`` (a number, or a function computing it, called only when the
+        bar is redrawn — a few times a second at most) and ``lr`` go into the postfix."""
         bar = self.bar
         if bar is None:
             return
         bar.update(1)
         now = time.perf_counter()
-        if now - self.last > 0.2:  # the postfix costs a .item(): a few times a second at most
+        if now - self.last > 0.2:
             self.last = now
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.3g}")
+            value = float(loss() if callable(loss) else loss)
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.3g}")
 
     def line(self, text: str) -> None:
         """A summary line: above the bars (on stderr) with tqdm, else on stdout."""

@@ -383,9 +383,10 @@ def fit(
     name -> ``fn(output, target)`` or a list of functions, e.g. ``[pylr.accuracy]``) are
     computed in eval mode, weighted by batch size.
 
-    ``progress``: True shows a tqdm bar per epoch (running loss and lr) in a terminal or
-    notebook and one line per epoch elsewhere; ``"bar"``/``"lines"`` force either; False is
-    silent. ``amp`` as in :func:`pylr.lr_find`. ``callbacks``: :class:`Callback` objects.
+    ``progress``: True shows a tqdm bar per epoch (the epoch's mean loss so far, the lr) in a
+    terminal or notebook and one line per epoch elsewhere; ``"bar"``/``"lines"`` force either;
+    False is silent. ``amp`` as in :func:`pylr.lr_find`. ``callbacks``: :class:`Callback`
+    objects.
 
     Ctrl-C stops the run after the current step: the history so far is returned with
     ``interrupted=True`` and the model is left in its original train/eval mode with no grads.
@@ -524,9 +525,9 @@ def _train_step(
     history._lr.append([float(g["lr"]) for g in groups])
     history._momentum.append([_loop.group_momentum(g, key) for g in groups])
     driver.after_step()
-    detached = loss.detach()
-    history._loss.append(detached)
-    progress.update(detached, history._lr[-1][-1])
+    history._loss.append(loss.detach())
+    # the bar shows the epoch's mean loss so far (the losses not yet flushed: this epoch's)
+    progress.update(lambda: torch.stack(history._loss).float().mean(), history._lr[-1][-1])
     return t + 1
 
 
