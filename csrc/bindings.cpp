@@ -178,6 +178,8 @@ PYBIND11_MODULE(_core, m) {
     m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),
           "Wake idle pool threads ahead of a step over `elements` elements, if it is large "
           "enough to be worth it (returns at once).");
+    m.def("pool_wake_requests", &pylr::pool_wake_requests,
+          "How many jobs and hints asked the pool's sleeping workers to wake (for tests).");
     m.attr("WAKE_MIN_ELEMENTS") = static_cast<std::int64_t>(pylr::kWakeMinElements);
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");

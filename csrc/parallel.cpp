@@ -59,9 +59,12 @@ class ThreadPool {
         // job wakes them.
         const auto now = std::chrono::steady_clock::now();
         const bool back_to_back = now - last_end_ < kSpinFor;
-        if ((wake_sleepers || back_to_back) && sleepers_.load() > 0) {
-            std::lock_guard<std::mutex> lock(mutex_);
-            wake_.notify_all();
+        if (wake_sleepers || back_to_back) {
+            wake_requests_.fetch_add(1, std::memory_order_relaxed);
+            if (sleepers_.load() > 0) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                wake_.notify_all();
+            }
         }
         work_on(g);
         // chunks claimed by a worker and still running
@@ -77,8 +80,11 @@ class ThreadPool {
 
     int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
 
+    std::uint64_t wake_requests() const noexcept { return wake_requests_.load(); }
+
     // Wakes sleeping workers so that they spin, ready for a job about to be posted.
     void prepare() {
+        wake_requests_.fetch_add(1, std::memory_order_relaxed);
         if (sleepers_.load() > 0) {
             std::lock_guard<std::mutex> lock(mutex_);
             ++wake_hint_;
@@ -177,6 +183,7 @@ class ThreadPool {
     std::atomic<int> in_flight_{0};
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
+    std::atomic<std::uint64_t> wake_requests_{0};  // jobs and hints that asked workers to wake
     std::uint64_t wake_hint_ = 0;  // guarded by mutex_
     std::chrono::steady_clock::time_point last_end_{};  // guarded by run_mutex_
 };
@@ -213,6 +220,8 @@ void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers) n
 }
 
 int get_num_threads() noexcept { return pool().size(); }
+
+std::uint64_t pool_wake_requests() noexcept { return pool().wake_requests(); }
 
 void prepare_threads(std::size_t elements) noexcept {
     if (elements >= kWakeMinElements) pool().prepare();

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 
 namespace pylr {
@@ -25,6 +26,10 @@ void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers = 
 // comes shortly after (call it before preparing a step in Python; it overlaps the OS wake-up
 // with that work). Does nothing below kWakeMinElements.
 void prepare_threads(std::size_t elements) noexcept;
+
+// How many jobs and hints so far asked sleeping workers to wake (whether or not one slept): the
+// wake-up policy, observable by tests.
+std::uint64_t pool_wake_requests() noexcept;
 
 // The number of threads parallel_for uses, the caller included (>= 1).
 int get_num_threads() noexcept;

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import pylr
 from pylr import _core
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,3 +68,40 @@ def test_pool_works_in_a_forked_child():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", timeout=60, check=False)
     assert proc.returncode == 0
+
+
+def test_pool_wakes_sleeping_workers_only_for_large_or_back_to_back_steps():
+    """Inside a training loop (a pause before each step) a small step runs without waking the
+    pool; a large one, or steps back to back, do wake it."""
+    import time
+
+    import torch
+
+    from pylr import optim as PO
+
+    def optimizer(n):
+        p = torch.nn.Parameter(torch.zeros(n))
+        p.grad = torch.ones(n)
+        return PO.AdamW([p])
+
+    before = pylr.get_num_threads()
+    pylr.set_num_threads(2)
+    try:
+        small, large = optimizer(100_000), optimizer(_core.WAKE_MIN_ELEMENTS)
+        small.step()
+        large.step()
+        for _ in range(3):
+            time.sleep(0.01)  # forward and backward would run here
+            n = _core.pool_wake_requests()
+            small.step()
+            assert _core.pool_wake_requests() == n
+        time.sleep(0.01)
+        n = _core.pool_wake_requests()
+        large.step()
+        assert _core.pool_wake_requests() > n
+        n = _core.pool_wake_requests()
+        for _ in range(50):
+            small.step()  # back to back
+        assert _core.pool_wake_requests() > n
+    finally:
+        pylr.set_num_threads(before)
