@@ -414,7 +414,8 @@ def lr_find(
     is the training loss of the step — or, with ``val_loader``, the validation loss after it
     (Smith's variant, slower) — smoothed as ``avg_t = smooth * avg_{t-1} + (1 - smooth) * loss_t``,
     ``smoothed_t = avg_t / (1 - smooth ** (t + 1))``. The sweep stops once the smoothed loss is
-    not finite or exceeds ``diverge_th`` times the best so far.
+    not finite or exceeds ``diverge_th`` times the best so far (for a loss that can be negative:
+    ``best + (diverge_th - 1) * |best|``).
 
     Afterwards the model's parameters, buffers, grads and train/eval modes and the optimizer's
     state and hyperparameters are exactly (bitwise) as before — also when the loop raises or
@@ -565,7 +566,9 @@ def _sweep(
         raw.append(value)
         smoothed.append(ema.update(value))
         bar.update(smoothed[-1], lrs[-1])
-        if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_th * best:
+        # diverge_th * best, written so that it also means "far above" for a negative loss
+        limit = best + (diverge_th - 1.0) * abs(best)
+        if not math.isfinite(smoothed[-1]) or smoothed[-1] > limit:
             return raw, smoothed, t < len(table) - 1
         best = min(best, smoothed[-1])
     return raw, smoothed, False

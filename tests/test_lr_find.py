@@ -285,6 +285,16 @@ def test_divergence_stops_early():
     assert json.dumps(result.to_dict())  # NaN written as null
 
 
+def test_a_negative_loss_does_not_look_like_divergence():
+    def shifted(out, y):  # the same curve, 100 lower: best is negative
+        return CE(out, y) - 100.0
+
+    torch.manual_seed(0)
+    result = pylr.lr_find(Net(), small_data(), shifted, start_lr=1e-6, end_lr=1e-3, num_iter=30)
+    assert not result.stopped_early and len(result.lrs) == 30
+    assert (result.raw_losses < 0).all()
+
+
 def test_linear_mode_and_loader_cycling():
     data = small_data()  # 6 batches, fewer than num_iter
     batches = []
