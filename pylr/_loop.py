@@ -57,15 +57,19 @@ def device_of(model: nn.Module) -> torch.device:
 
 
 def resolve_device(model: nn.Module, device: Any) -> torch.device:
-    """The device to run on: the model's own, or ``device`` (the model is moved there)."""
+    """The device to run on: the model's own, or ``device`` (checked here; :func:`move_to`
+    moves the model once every other argument has been checked too)."""
     if device is None:
         return device_of(model)
     try:
-        dev = torch.device(device)
+        return torch.device(device)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"device must be a torch.device or a device string, got {device!r}") from e
-    model.to(dev)
-    return dev
+
+
+def move_to(model: nn.Module, device: torch.device) -> None:
+    if device != device_of(model):
+        model.to(device)
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
@@ -368,4 +372,6 @@ def evaluate(
     check_callable("loss_fn", loss_fn)
     dev = resolve_device(model, device)
     named = normalize_metrics(metrics)
-    return _evaluate(model, loader, loss_fn, named, dev, Amp(amp, dev), "loader")
+    amp_ = Amp(amp, dev)
+    move_to(model, dev)
+    return _evaluate(model, loader, loss_fn, named, dev, amp_, "loader")

@@ -476,6 +476,7 @@ def lr_find(
 
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
+    _loop.move_to(model, dev)  # everything checked: the one lasting change lr_find makes
     if optimizer is None:
         from pylr.optim import AdamW
 

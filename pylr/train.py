@@ -331,7 +331,7 @@ class _Driver:
         if self.plateau is not None:
             self.plateau.step(logs.get("val_loss", logs["train_loss"]))
 
-    def close(self, t: int) -> None:
+    def close(self) -> None:
         """Leave the groups at the values of the last step, without the fused schedule."""
         if self.fused:
             for g, (schedule, step) in zip(self.groups, self.saved, strict=True):
@@ -412,6 +412,7 @@ def fit(
     progress_ = _loop.Progress(progress, steps_per_epoch)
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
+    _loop.move_to(model, dev)
 
     history = History(len(optimizer.param_groups), steps_per_epoch)
     driver = _Driver(optimizer, schedules, _torch_scheduler(optimizer, schedule))
@@ -473,7 +474,7 @@ def fit(
         print("\npylr.fit: interrupted; returning the history so far", file=sys.stderr)
     finally:
         progress_.close()
-        driver.close(t)
+        driver.close()
         optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
     history._flush()
