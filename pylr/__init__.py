@@ -23,6 +23,7 @@ _threads_set_by_user = False
 # name -> module, imported when first asked for (they import torch)
 _LAZY = {
     "Callback": "pylr.train",
+    "EarlyStopping": "pylr.train",
     "History": "pylr.train",
     "StopTraining": "pylr.train",
     "fit": "pylr.train",
@@ -35,6 +36,7 @@ _LAZY = {
 
 __all__ = [
     "Callback",
+    "EarlyStopping",
     "History",
     "LRFindResult",
     "StopTraining",

@@ -26,7 +26,15 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from pylr import _loop
 from pylr.schedules import FastaiOneCycle, Schedule
 
-__all__ = ["Callback", "History", "StopTraining", "fit", "fit_one_cycle", "spread_lrs"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "History",
+    "StopTraining",
+    "fit",
+    "fit_one_cycle",
+    "spread_lrs",
+]
 
 
 class StopTraining(Exception):
@@ -42,6 +50,8 @@ class Callback:
       the epoch's row of ``history.epochs`` (train/validation loss, metrics, time).
     - ``on_step_end(step, loss, history)`` — ``loss`` as a float (only hooks that are
       overridden are called, so the loop does not pay for ``.item()`` otherwise).
+
+    ``fit`` sets ``self.model`` and ``self.optimizer`` before ``on_train_begin``.
     """
 
     def on_train_begin(self, history: History) -> None:
@@ -59,15 +69,86 @@ class Callback:
     def on_train_end(self, history: History) -> None:
         pass
 
+    # set by fit before on_train_begin
+    model: nn.Module
+    optimizer: Optimizer
+
+
+class EarlyStopping(Callback):
+    """Stop when an epoch value stops improving, and optionally go back to the best weights.
+
+    After each epoch ``logs[monitor]`` improves when it is below ``best - min_delta``
+    (``mode="min"``) or above ``best + min_delta`` (``"max"``); after ``patience`` epochs
+    without improvement the run stops (:class:`StopTraining`). With ``restore_best`` the model's
+    state dict of the best epoch is loaded back at the end of the run. ``best``, ``best_epoch``
+    and ``stopped_epoch`` tell what happened.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        restore_best: bool = True,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.min_delta, self.restore_best = float(min_delta), bool(restore_best)
+
+    def on_train_begin(self, history: History) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = 0
+        self.stopped_epoch: int | None = None
+        self._best_state: dict[str, Tensor] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], history: History) -> None:
+        if self.monitor not in logs:
+            raise KeyError(
+                f"EarlyStopping monitors {self.monitor!r}, which fit does not record; "
+                f"the epoch logs have {sorted(logs)}"
+            )
+        value = logs[self.monitor]
+        if self.mode == "min":
+            better = value < self.best - self.min_delta
+        else:
+            better = value > self.best + self.min_delta
+        if better:
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best:
+                self._best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+        elif epoch - self.best_epoch >= self.patience:
+            self.stopped_epoch = epoch
+            raise StopTraining(
+                f"early stopping: {self.monitor} has not improved for {self.patience} epochs "
+                f"(best {self.best:.4g} at epoch {self.best_epoch})"
+            )
+
+    def on_train_end(self, history: History) -> None:
+        if self.restore_best and self._best_state is not None:
+            self.model.load_state_dict(self._best_state)
+
 
 _HOOKS = ("on_train_begin", "on_epoch_begin", "on_step_end", "on_epoch_end", "on_train_end")
 
 
-def _bound_hooks(callbacks: Any) -> dict[str, list[Callable[..., Any]]]:
+def _bound_hooks(
+    callbacks: Any, model: nn.Module, optimizer: Optimizer
+) -> dict[str, list[Callable[..., Any]]]:
     if callbacks is None:
         callbacks = []
     elif not isinstance(callbacks, Sequence) or isinstance(callbacks, str):
         callbacks = [callbacks]
+    for cb in callbacks:
+        if isinstance(cb, Callback):
+            cb.model, cb.optimizer = model, optimizer
     hooks: dict[str, list[Callable[..., Any]]] = {name: [] for name in _HOOKS}
     for i, cb in enumerate(callbacks):
         found = False
@@ -404,7 +485,7 @@ def fit(
     if val_loader is not None:
         _loop.check_loader("val_loader", val_loader)
     clip = _check_grad_clip(grad_clip)
-    hooks = _bound_hooks(callbacks)
+    hooks = _bound_hooks(callbacks, model, optimizer)
     try:
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
