@@ -503,10 +503,11 @@ def lr_find(
         )
     finally:
         bar.close()
-        try:
-            snapshot.restore()
-        finally:
-            snapshot.discard()
+        with _loop.sigint_deferred():  # a Ctrl-C now waits until the restore is complete
+            try:
+                snapshot.restore()
+            finally:
+                snapshot.discard()
     return LRFindResult(
         table[: len(raw)],
         np.asarray(raw, dtype=np.float64),

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -211,6 +212,36 @@ def test_restored_after_an_exception_mid_sweep(name, error):
         pylr.lr_find(model, data, loss_fn, opt, num_iter=20)
     assert len(calls) == 7
     assert_same(before, model, opt)
+
+
+def test_a_real_ctrl_c_mid_sweep_and_during_the_restore(monkeypatch):
+    model, opt, data = trained(OPTIMIZERS["torch-SGD"])
+    before = snapshot(model, opt)
+    calls = []
+
+    def loss_fn(out, y):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return CE(out, y)
+
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        pylr.lr_find(model, data, loss_fn, opt, num_iter=20)
+    assert len(calls) == 7
+    assert_same(before, model, opt)
+    # a Ctrl-C that lands while the restore runs waits for it to finish
+    original = lr_finder._Snapshot.restore
+
+    def interrupted_restore(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        original(self)
+
+    monkeypatch.setattr(lr_finder._Snapshot, "restore", interrupted_restore)
+    with pytest.raises(KeyboardInterrupt):
+        pylr.lr_find(model, data, CE, opt, num_iter=5)
+    assert_same(before, model, opt)
+    assert signal.getsignal(signal.SIGINT) is handler
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
