@@ -554,10 +554,11 @@ def fit(
         _interrupt(history, "Ctrl-C")
         print("\npylr.fit: interrupted; returning the history so far", file=sys.stderr)
     finally:
-        progress_.close()
-        driver.close()
-        optimizer.zero_grad(set_to_none=True)
-        model.train(was_training)
+        with _loop.sigint_deferred():  # the clean-up runs whole, even under a late Ctrl-C
+            progress_.close()
+            driver.close()
+            optimizer.zero_grad(set_to_none=True)
+            model.train(was_training)
     history._flush()
     for fn in hooks["on_train_end"]:
         fn(history)
