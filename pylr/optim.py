@@ -115,6 +115,9 @@ class _FusedOptimizer(Optimizer):
     """Shared machinery: step with hooks, the cached plan, schedule fusion, state dicts."""
 
     _group_columns: ClassVar[int]
+    # the group keys a step reads, in the order of the row builder's arguments
+    _group_keys: ClassVar[tuple[str, ...]]
+    _group_row: ClassVar[Callable[..., list[float]]]
 
     def __init__(self, params: Any, defaults: dict[str, Any], schedule: Any) -> None:
         if defaults.get("differentiable"):
@@ -339,13 +342,15 @@ class _FusedOptimizer(Optimizer):
         group["momentum"] = value
 
     def _fill_group_rows(self, plan: _Plan) -> None:
+        """Each group's checked row of scalars, rebuilt only when one of its values changed."""
+        keys = self._group_keys
         for gi, group in enumerate(self.param_groups):
-            values = self._group_values(group)
+            values = tuple([group[k] for k in keys])
             if values != plan.row_values[gi]:
-                plan.groups[gi] = self._group_row(group)
+                plan.groups[gi] = self._group_row(*values)
                 plan.row_values[gi] = values
 
-    # subclasses: _plan_flags, _build_plan, _group_values, _group_row, _run, _after_step
+    # subclasses: _group_keys, _group_row, _plan_flags, _build_plan, _run, _after_step
 
 
 class Adam(_FusedOptimizer):
@@ -361,6 +366,16 @@ class Adam(_FusedOptimizer):
     """
 
     _group_columns = _core.ADAM_GROUP_COLUMNS
+    _group_keys = (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "amsgrad",
+        "maximize",
+        "decoupled_weight_decay",
+    )
+    _group_row = staticmethod(adam_group_row)
 
     def __init__(
         self,
@@ -460,28 +475,6 @@ class Adam(_FusedOptimizer):
         if group["betas"][0] != value:
             group["betas"] = (value, beta2)
 
-    def _group_values(self, group: dict[str, Any]) -> tuple:
-        return (
-            group["lr"],
-            group["betas"],
-            group["eps"],
-            group["weight_decay"],
-            group["amsgrad"],
-            group["maximize"],
-            group["decoupled_weight_decay"],
-        )
-
-    def _group_row(self, group: dict[str, Any]) -> list[float]:
-        return adam_group_row(
-            group["lr"],
-            group["betas"],
-            group["eps"],
-            group["weight_decay"],
-            group["amsgrad"],
-            group["maximize"],
-            group["decoupled_weight_decay"],
-        )
-
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
         return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf)
 
@@ -541,6 +534,8 @@ class SGD(_FusedOptimizer):
     """
 
     _group_columns = _core.SGD_GROUP_COLUMNS
+    _group_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+    _group_row = staticmethod(sgd_group_row)
 
     def __init__(
         self,
@@ -630,26 +625,6 @@ class SGD(_FusedOptimizer):
         )
         plan.fresh = any(first)
         return plan
-
-    def _group_values(self, group: dict[str, Any]) -> tuple:
-        return (
-            group["lr"],
-            group["momentum"],
-            group["dampening"],
-            group["weight_decay"],
-            group["nesterov"],
-            group["maximize"],
-        )
-
-    def _group_row(self, group: dict[str, Any]) -> list[float]:
-        return sgd_group_row(
-            group["lr"],
-            group["momentum"],
-            group["dampening"],
-            group["weight_decay"],
-            group["nesterov"],
-            group["maximize"],
-        )
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
         return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf)
