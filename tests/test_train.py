@@ -328,36 +328,27 @@ def test_callbacks_are_called_in_order_and_can_stop():
         )
 
 
+def fit_sgd(model, lr, callbacks, **kwargs):
+    """fit with plain SGD at ``lr`` for up to 10 epochs, validating on another sample."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    kwargs.setdefault("val_loader", data(seed=1))
+    return pylr.fit(
+        model, data(), CE, opt, epochs=10, callbacks=callbacks, progress=False, **kwargs
+    )
+
+
 def test_early_stopping_stops_and_restores_the_best_weights():
     # lr 0: the validation loss never improves after epoch 1, so patience 2 stops at epoch 3
     model = net()
     stop = pylr.EarlyStopping(patience=2)
-    history = pylr.fit(
-        model,
-        data(),
-        CE,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        epochs=10,
-        val_loader=data(seed=1),
-        callbacks=[stop],
-        progress=False,
-    )
+    history = fit_sgd(model, 0.0, [stop])
     assert len(history.epochs) == 3 and history.interrupted
     assert stop.best_epoch == 1 and stop.stopped_epoch == 3
     assert history.stop_reason.startswith("early stopping: val_loss has not improved")
     # a learning rate that ruins the model after the first epoch: the best weights come back
     model = net()
     stop = pylr.EarlyStopping(patience=2)
-    history = pylr.fit(
-        model,
-        data(),
-        CE,
-        torch.optim.SGD(model.parameters(), lr=50.0),
-        epochs=10,
-        val_loader=data(seed=1),
-        callbacks=[stop],
-        progress=False,
-    )
+    history = fit_sgd(model, 50.0, [stop])
     best = history.epochs[stop.best_epoch - 1]["val_loss"]
     assert best == min(history.epoch_values("val_loss"))
     assert not history.epochs[-1]["val_loss"] <= best  # worse, or NaN
@@ -365,28 +356,10 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     # mode="max" on a metric, and a key fit does not record
     model = net()
     up = pylr.EarlyStopping(monitor="accuracy", mode="max", patience=1, restore_best=False)
-    pylr.fit(
-        model,
-        data(),
-        CE,
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        epochs=5,
-        val_loader=data(seed=1),
-        metrics=[pylr.accuracy],
-        callbacks=[up],
-        progress=False,
-    )
+    fit_sgd(model, 0.0, [up], metrics=[pylr.accuracy])
     assert up.stopped_epoch == 2
     with pytest.raises(KeyError, match="the epoch logs have"):
-        pylr.fit(
-            model,
-            data(),
-            CE,
-            torch.optim.SGD(model.parameters()),
-            epochs=1,
-            callbacks=[pylr.EarlyStopping()],
-            progress=False,
-        )
+        fit_sgd(model, 1e-3, [pylr.EarlyStopping()], val_loader=None)
     with pytest.raises(ValueError, match="patience must be"):
         pylr.EarlyStopping(patience=0)
 
