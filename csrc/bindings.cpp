@@ -15,6 +15,8 @@
 
 namespace py = pybind11;
 
+void bind_plan(py::module_& m);  // bindings_plan.cpp
+
 namespace {
 
 using pylr::ScheduleKind;
@@ -173,6 +175,19 @@ PYBIND11_MODULE(_core, m) {
         "Stream the bytes of a float32 step with trivial arithmetic (the bandwidth roofline).");
     m.def("kernel_isa", &pylr::optim::kernel_isa, "The SIMD instruction set of the kernels.");
     m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
+    // the table's columns, by name (csrc/optim/cpu.hpp is their single source)
+    m.attr("COL_PARAM") = static_cast<int>(pylr::optim::kColParam);
+    m.attr("COL_GRAD") = static_cast<int>(pylr::optim::kColGrad);
+    m.attr("COL_STATE0") = static_cast<int>(pylr::optim::kColState0);
+    m.attr("COL_STATE1") = static_cast<int>(pylr::optim::kColState1);
+    m.attr("COL_STATE2") = static_cast<int>(pylr::optim::kColState2);
+    m.attr("COL_STEP") = static_cast<int>(pylr::optim::kColStep);
+    m.attr("COL_NUMEL") = static_cast<int>(pylr::optim::kColNumel);
+    m.attr("COL_DTYPE") = static_cast<int>(pylr::optim::kColDType);
+    m.attr("COL_GROUP") = static_cast<int>(pylr::optim::kColGroup);
+    m.attr("COL_OFFSET") = static_cast<int>(pylr::optim::kColOffset);
+    m.attr("COL_FIRST") = static_cast<int>(pylr::optim::kColFirst);
+    bind_plan(m);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
     m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),

@@ -3,7 +3,9 @@
 ``sgd_``, ``adam_`` and ``adamw_`` update every tensor in place (params, states, step counters)
 with the same math as ``torch.optim`` (``foreach=False``) in one multi-threaded SIMD pass. The
 tensor checks and the pointer table are cached: a call whose tensors are the same objects as the
-previous call's (the usual hot loop) skips straight to the C++ step.
+previous call's (the usual hot loop; grads may be new tensors) skips the checks, after the cached
+table is proved current (each tensor's data pointer, element count and strides; see
+:mod:`pylr._plan`). The cache holds weak references only: it keeps no tensor alive.
 
 Adam, per element (``t`` = the step counter after its increment)::
 
@@ -24,7 +26,6 @@ SGD, per element::
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,71 +33,9 @@ import numpy as np
 import torch
 
 from pylr import _core
+from pylr._plan import PointerTable, Proof, check_columns
 
 __all__ = ["adam_", "adamw_", "sgd_"]
-
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
-
-# Table columns; must match TableColumn in csrc/optim/cpu.hpp.
-COL_PARAM, COL_GRAD, COL_STATE0, COL_STATE1, COL_STATE2, COL_STEP = range(6)
-COL_NUMEL, COL_DTYPE, COL_GROUP, COL_OFFSET, COL_FIRST = range(6, 11)
-assert _core.TABLE_COLUMNS == 11
-
-_is = operator.is_
-
-
-def _is_dense(t: torch.Tensor) -> bool:
-    """True when ``t`` covers exactly ``numel`` elements of its storage, in any dim order."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda d: d[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def check_tensor(name: str, t: Any, like: torch.Tensor | None = None, what: str = "") -> None:
-    """Raise a clear error unless ``t`` is a tensor pylr's CPU kernels can update in place.
-
-    ``like`` is the parameter that ``t`` (a gradient or state) must match in shape, dtype, device
-    and layout.
-    """
-    label = f"{name}{what}"
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_sparse or t.layout != torch.strided:
-        raise RuntimeError(f"{label} is sparse; pylr's optimizers support dense tensors only")
-    if t.is_complex():
-        raise TypeError(f"{label} is complex ({t.dtype}); pylr's optimizers support real tensors")
-    if t.dtype not in DTYPE_CODES:
-        raise TypeError(
-            f"{label} has dtype {t.dtype}; pylr's optimizers support float32, float64, "
-            "bfloat16 and float16"
-        )
-    if t.device.type != "cpu":
-        raise RuntimeError(
-            f"{label} is on {t.device}; this pylr build updates CPU tensors only (no CUDA "
-            "extension)"
-        )
-    if like is None:
-        if not _is_dense(t):
-            raise ValueError(
-                f"{label} is not dense (strides {t.stride()} for shape {tuple(t.shape)}); "
-                "pass a contiguous tensor"
-            )
-        return
-    if t.shape != like.shape:
-        raise ValueError(f"{label} has shape {tuple(t.shape)}, the parameter {tuple(like.shape)}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{label} has dtype {t.dtype}, the parameter {like.dtype}")
-    if t.numel() > 1 and t.stride() != like.stride():
-        raise ValueError(
-            f"{label} has strides {t.stride()} but the parameter has {like.stride()}; pylr "
-            "updates element i of each with element i of the other, so their layouts must "
-            "match (make both contiguous)"
-        )
 
 
 def check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None) -> float:
@@ -168,82 +107,14 @@ def scalar_ptr(t: torch.Tensor | None, name: str) -> int:
     return t.data_ptr()
 
 
-class PointerTable:
-    """The int64 table the C++ step reads: one row of pointers and sizes per tensor.
-
-    Built from validated tensor lists; ``matches`` tells, cheaply, whether a new call passes the
-    very same tensors (same objects, same storage) so the table can be reused as is.
-    """
-
-    __slots__ = ("columns", "numel", "param_ptrs", "table", "written")
-
-    def __init__(
-        self,
-        columns: Sequence[Sequence[torch.Tensor | None]],
-        group_of_row: Sequence[int],
-        first_step: Sequence[bool] | None = None,
-    ) -> None:
-        params = columns[0]
-        n = len(params)
-        table = np.zeros((n, _core.TABLE_COLUMNS), dtype=np.int64)
-        offset = 0
-        for i, p in enumerate(params):
-            for col, tensors in enumerate(columns):
-                t = tensors[i]
-                table[i, col] = 0 if t is None else t.data_ptr()
-            numel = p.numel()
-            table[i, COL_NUMEL] = numel
-            table[i, COL_DTYPE] = DTYPE_CODES[p.dtype]
-            table[i, COL_GROUP] = group_of_row[i]
-            table[i, COL_OFFSET] = offset
-            table[i, COL_FIRST] = 1 if first_step is not None and first_step[i] else 0
-            offset += numel
-        self.table = table
-        self.numel = offset  # elements in the step
-        self.columns = [list(c) for c in columns]
-        self.param_ptrs = [p.data_ptr() for p in params]
-        # what the step writes, for autograd's version counters (the grads are read only)
-        self.written = [
-            t for c, ts in enumerate(self.columns) if c != COL_GRAD for t in ts if t is not None
-        ]
-
-    def matches(self, columns: Sequence[Sequence[torch.Tensor | None]]) -> bool:
-        """Same tensor objects in every column, and no parameter's storage swapped since."""
-        for mine, theirs in zip(self.columns, columns, strict=True):
-            if len(mine) != len(theirs) or not all(map(_is, mine, theirs)):
-                return False
-        return [p.data_ptr() for p in self.columns[0]] == self.param_ptrs
-
-
-def build_columns_checked(
-    names: Sequence[str], columns: Sequence[Sequence[torch.Tensor | None]], labels: Sequence[str]
-) -> None:
-    """Validate every tensor of every column against its parameter (column 0)."""
-    params = columns[0]
-    for col, tensors in enumerate(columns):
-        if len(tensors) != len(params):
-            raise ValueError(f"{names[col]} has {len(tensors)} tensors for {len(params)} params")
-    for i, p in enumerate(params):
-        check_tensor(labels[i], p)
-        for col in range(1, len(columns)):
-            t = columns[col][i]
-            if t is None:
-                continue
-            if names[col] == "state_steps":
-                if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != 1:
-                    raise TypeError(f"state_steps[{i}] must be a 1-element float32 tensor")
-                if t.device.type != "cpu":
-                    raise RuntimeError(f"state_steps[{i}] is on {t.device}, not the CPU")
-                continue
-            check_tensor(labels[i], t, like=p, what=f": {names[col]}")
-
-
 _ADAM_COLUMNS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps")
+_ADAM_PROOFS = (Proof.PARAM, Proof.GRAD, Proof.STATE, Proof.STATE, Proof.STATE, Proof.STATE)
 _SGD_COLUMNS = ("params", "grads", "momentum_buffer_list")
+_SGD_PROOFS = (Proof.PARAM, Proof.GRAD, Proof.STATE)
 
 
 class _Cache:
-    """The last call's table, reused while the same tensors come back."""
+    """The last call's table, reused while its proof holds (weak references: no tensor kept)."""
 
     __slots__ = ("plan",)
 
@@ -255,13 +126,17 @@ _adam_cache = _Cache()
 _sgd_cache = _Cache()
 
 
+def _labels(n: int) -> list[str]:
+    return [f"params[{i}]" for i in range(n)]
+
+
 def _adam_table(columns: list[list[Any]]) -> PointerTable:
     plan = _adam_cache.plan
-    if plan is not None and plan.matches(columns):
+    if plan is not None and plan.is_current(columns):
         return plan
-    labels = [f"params[{i}]" for i in range(len(columns[0]))]
-    build_columns_checked(_ADAM_COLUMNS, columns, labels)
-    plan = PointerTable(columns, [0] * len(columns[0]))
+    _adam_cache.plan = None
+    check_columns(_ADAM_COLUMNS, columns, _labels(len(columns[0])), steps=(False,) * 5 + (True,))
+    plan = PointerTable(columns, [0] * len(columns[0]), _ADAM_PROOFS)
     _adam_cache.plan = plan
     return plan
 
@@ -322,7 +197,8 @@ def adam_(
         plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
     )
     if ok:
-        torch._C._increment_version(plan.written)
+        written = (columns[0], *columns[2:])
+        torch._C._increment_version([t for c in written for t in c if t is not None])
     return ok
 
 
@@ -395,26 +271,25 @@ def sgd_(
             f"momentum_buffer_list has {len(momentum_buffer_list)} entries for {n} params"
         )
     uses_buffers = momentum != 0
-    fresh = [uses_buffers and b is None for b in momentum_buffer_list]
     columns = [
         list(params),
         list(grads),
         list(momentum_buffer_list) if uses_buffers else [None] * n,
     ]
+    fresh = [b is None for b in columns[2]] if uses_buffers else [False] * n
     plan = _sgd_cache.plan
-    if any(fresh) or plan is None or not plan.matches(columns):
-        labels = [f"params[{i}]" for i in range(n)]
-        build_columns_checked(_SGD_COLUMNS, columns, labels)
-        if any(fresh):
-            for i, p in enumerate(params):
-                if fresh[i]:
-                    momentum_buffer_list[i] = torch.empty_like(p)
-            columns[2] = list(momentum_buffer_list)
-        plan = PointerTable(columns, [0] * n, first_step=fresh)
+    if any(fresh) or plan is None or not plan.is_current(columns):
+        _sgd_cache.plan = None
+        check_columns(_SGD_COLUMNS, columns, _labels(n))
+        for i, p in enumerate(params):
+            if fresh[i]:
+                momentum_buffer_list[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+                columns[2][i] = momentum_buffer_list[i]
+        plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
         _sgd_cache.plan = plan
     ok = _core.sgd_step(
         plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
     )
     if ok:
-        torch._C._increment_version(plan.written)
+        torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
     return ok

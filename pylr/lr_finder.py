@@ -339,8 +339,6 @@ class _Snapshot:
                     state[k] = own(v)
             for k, v in other.items():
                 state[k] = copy.deepcopy(v)
-        if hasattr(opt, "_plan"):
-            opt._plan = None  # pylr's cached pointer plan
 
     def discard(self) -> None:
         if self.path is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,15 +31,8 @@ import torch
 from torch.optim import Optimizer
 
 from pylr import _core
-from pylr.functional import (
-    COL_GRAD,
-    PointerTable,
-    adam_group_row,
-    build_columns_checked,
-    check_hyper,
-    scalar_ptr,
-    sgd_group_row,
-)
+from pylr._plan import PointerTable, Proof, check_columns, scalar_value
+from pylr.functional import adam_group_row, check_hyper, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -54,9 +46,6 @@ except ImportError:  # pragma: no cover
     _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {}
 
 _threads_synced = False
-_get_grad = operator.attrgetter("grad")
-_data_ptr = torch.Tensor.data_ptr
-_stride = torch.Tensor.stride
 
 
 def _sync_threads() -> None:
@@ -74,17 +63,15 @@ def _as_float(name: str, value: Any) -> float:
 
 
 class _Plan:
-    """What a step needs beyond the tensors: the pointer table, per-group scalar rows, and the
-    facts the table was built from (so a cheap check tells when to rebuild)."""
+    """What a step needs beyond the tensors: the pointer table (with its proof), each group's row
+    of scalars, and the structure both were built for."""
 
     __slots__ = (
         "all_params",
         "flags",
         "fresh",
-        "grad_strides",
         "group_params",
         "groups",
-        "has_grad",
         "params",
         "row_values",
         "table",
@@ -94,25 +81,24 @@ class _Plan:
         self,
         table: PointerTable,
         params: list[torch.Tensor],
+        all_params: list[torch.Tensor],
+        group_params: list[list[torch.Tensor]],
         flags: tuple,
-        n_groups: int,
         group_columns: int,
     ) -> None:
         self.table = table
-        self.params = params
+        self.params = params  # the params of the table's rows, in order
+        self.all_params = all_params  # every param of every group, in order
+        self.group_params = group_params
         self.flags = flags
-        self.grad_strides = [p.stride() for p in params]
-        self.groups = np.zeros((n_groups, group_columns), dtype=np.float64)
-        self.row_values: list[tuple | None] = [None] * n_groups
-        self.fresh = False  # SGD: new momentum buffers to enter the state after the step
-        # every param of every group when the plan was made, and which had a grad
-        self.group_params: list[list[torch.Tensor]] = []
-        self.all_params: list[torch.Tensor] = params
-        self.has_grad: list[bool] = []
+        self.groups = np.zeros((len(group_params), group_columns), dtype=np.float64)
+        self.row_values: list[tuple | None] = [None] * len(group_params)
+        # SGD: new momentum buffers, (param, buffer), to enter the state once a step filled them
+        self.fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
 
 
 class _FusedOptimizer(Optimizer):
-    """Shared machinery: step with hooks, the cached plan, schedule fusion, state dicts."""
+    """Shared machinery: step with hooks, the plan contract, schedule fusion, state dicts."""
 
     _group_columns: ClassVar[int]
     # the group keys a step reads, in the order of the row builder's arguments
@@ -162,10 +148,21 @@ class _FusedOptimizer(Optimizer):
         self._apply_schedules()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        params = param_group.get("params")
+        if params is not None and not isinstance(params, (torch.Tensor, set)):
+            param_group["params"] = params = list(params)
+            seen: dict[int, int] = {}
+            for i, p in enumerate(params):
+                if id(p) in seen:
+                    raise ValueError(
+                        f"param group {len(self.param_groups)} lists the same tensor twice "
+                        f"(params[{seen[id(p)]}] and params[{i}]); pylr steps each tensor once "
+                        "(torch deprecates duplicates); remove the duplicate"
+                    )
+                seen[id(p)] = i
         param_group.setdefault("schedule", None)
         param_group.setdefault("schedule_step", 0)
         super().add_param_group(param_group)
-        self._plan = None
 
     # -- state dicts -------------------------------------------------------------------------
 
@@ -190,7 +187,6 @@ class _FusedOptimizer(Optimizer):
             step = state.get("step")
             if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
                 state["step"] = step.to(torch.float32)
-        self._plan = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -229,10 +225,9 @@ class _FusedOptimizer(Optimizer):
         # a large step wakes the pool while Python prepares it (the last plan tells the size)
         _core.prepare_threads(0 if self._plan is None else self._plan.table.numel)
         self._apply_schedules()
-        plan = self._prepare()
+        plan = self._current_plan()
         if plan is None:
             return loss
-        self._fill_group_rows(plan)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         ok = self._run(
@@ -248,39 +243,31 @@ class _FusedOptimizer(Optimizer):
                     group["schedule_step"] += 1
         return loss
 
-    def _prepare(self) -> _Plan | None:
-        """The plan for this step. The fast path — same params, same groups, same flags — only
-        re-reads the grads (a new grad object, as after ``zero_grad(set_to_none=True)``, just
-        refreshes its pointer once its layout is checked); anything else rebuilds the plan."""
+    # -- the plan contract -------------------------------------------------------------------
+
+    def _current_plan(self) -> _Plan | None:
+        """The plan for this step, proved current or rebuilt — the one place that decides.
+
+        Reused only when the groups hold the same params (by identity) with the same flags and
+        the table's proof holds (``PlanProof.verify_optimizer``: each param's and grad's data
+        pointer, element count and strides, each state tensor of ``self.state`` by identity and
+        data pointer, no param gained or lost a grad). Otherwise everything is checked again and
+        the table rebuilt; a bad tensor raises before anything is modified. Then each group's
+        scalars are refreshed where a hyperparameter's value changed (a tensor by its value).
+        None when no param has a grad.
+        """
         plan = self._plan
-        if plan is not None and plan.flags == self._plan_flags() and self._same_groups(plan):
-            grads_all = list(map(_get_grad, plan.all_params))
-            if list(map(operator.is_not, grads_all, repeat(None))) == plan.has_grad:
-                grads = (
-                    grads_all
-                    if plan.params is plan.all_params
-                    else [g for g in grads_all if g is not None]
-                )
-                if list(map(_data_ptr, plan.params)) == plan.table.param_ptrs:
-                    self._refresh_grads(plan, grads)
-                    return plan
-        params: list[torch.Tensor] = []
-        grads = []
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = p.grad
-                if g is not None:
-                    params.append(p)
-                    grads.append(g)
-        if not params:
+        if not (
+            plan is not None
+            and plan.flags == self._plan_flags()
+            and self._same_groups(plan)
+            and plan.table.proof.verify_optimizer(plan.table.table, plan.all_params, self.state)
+        ):
             self._plan = None
-            return None
-        plan = self._build_plan(params, grads, self._plan_flags())
-        plan.group_params = [list(g["params"]) for g in self.param_groups]
-        plan.all_params = [p for g in plan.group_params for p in g]
-        plan.has_grad = [p.grad is not None for p in plan.all_params]
-        if len(plan.all_params) == len(params):
-            plan.all_params = plan.params
+            plan = self._build_plan()
+            if plan is None:
+                return None
+        self._fill_group_rows(plan)
         self._plan = plan
         return plan
 
@@ -294,46 +281,74 @@ class _FusedOptimizer(Optimizer):
                 return False
         return True
 
-    def _refresh_grads(self, plan: _Plan, grads: list[torch.Tensor]) -> None:
-        cached = plan.table.columns[COL_GRAD]
-        if all(map(operator.is_, grads, cached)):
-            return
-        try:
-            ptrs = list(map(_data_ptr, grads))
-            same_layout = list(map(_stride, grads)) == plan.grad_strides
-        except RuntimeError:  # a sparse grad has no data pointer
-            same_layout = False
-        if not same_layout:
-            # the full checks raise the precise error before anything is modified (or accept
-            # strides that differ only on tensors of one element)
-            self._check(plan.params, grads)
-            ptrs = list(map(_data_ptr, grads))
-        plan.table.table[:, COL_GRAD] = ptrs
-        plan.table.columns[COL_GRAD] = grads
+    def _params_with_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
+        """Every param with a grad, its grad, and its group index."""
+        params, grads, rows = [], [], []
+        for gi, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                g = p.grad
+                if g is not None:
+                    params.append(p)
+                    grads.append(g)
+                    rows.append(gi)
+        return params, grads, rows
 
-    def _group_index(self) -> dict[int, int]:
-        """id(param) -> the index of its param group."""
-        return {id(p): gi for gi, group in enumerate(self.param_groups) for p in group["params"]}
-
-    def _check(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        labels = self._labels(params)
-        build_columns_checked(("params", "grads"), [params, grads], labels)
+    def _new_plan(
+        self,
+        columns: list[list[Any]],
+        rows: list[int],
+        proofs: Sequence[Any],
+        state_keys: Sequence[str | None],
+        first_step: Sequence[bool] | None = None,
+    ) -> _Plan:
+        group_params = [list(g["params"]) for g in self.param_groups]
+        all_params = [p for g in group_params for p in g]
+        table = PointerTable(
+            columns,
+            rows,
+            proofs,
+            first_step=first_step,
+            state_keys=state_keys,
+            all_params=all_params,
+        )
+        return _Plan(
+            table, columns[0], all_params, group_params, self._plan_flags(), self._group_columns
+        )
 
     def _labels(self, params: list[torch.Tensor]) -> list[str]:
         where = {}
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
-                where[id(p)] = f"param_groups[{gi}]['params'][{pi}]"
+                where.setdefault(id(p), f"param_groups[{gi}]['params'][{pi}]")
         return [where[id(p)] for p in params]
+
+    def _existing_state(self, p: torch.Tensor, label: str) -> dict[str, Any] | None:
+        """``self.state[p]`` if it holds anything (without creating an entry), else None."""
+        state = self.state.get(p)
+        if state is None or (isinstance(state, dict) and len(state) == 0):
+            return None
+        if not isinstance(state, dict):
+            raise TypeError(f"{label}: optimizer state must be a dict, got {type(state).__name__}")
+        return state
 
     def _apply_schedules(self) -> None:
         """Fused schedules: each group's lr — and its momentum (or beta1) where the schedule
         defines one, as ``ScheduleLR`` does — at the group's ``schedule_step``."""
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             schedule = group["schedule"]
             if schedule is not None:
-                node = schedule._node
+                if not isinstance(schedule, Schedule):
+                    raise TypeError(
+                        f"param_groups[{gi}]['schedule'] must be a pylr.schedules.Schedule or "
+                        f"None, got {type(schedule).__name__}"
+                    )
                 t = group["schedule_step"]
+                if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
+                    raise ValueError(
+                        f"param_groups[{gi}]['schedule_step'] must be a finite number >= 0, "
+                        f"got {t!r}"
+                    )
+                node = schedule._node
                 group["lr"] = node.value(t)
                 if node.has_momentum:
                     self._set_momentum(group, node.momentum(t))
@@ -342,12 +357,14 @@ class _FusedOptimizer(Optimizer):
         group["momentum"] = value
 
     def _fill_group_rows(self, plan: _Plan) -> None:
-        """Each group's checked row of scalars, rebuilt only when one of its values changed."""
+        """Each group's checked row of scalars, rebuilt only when one of its values changed (a
+        tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place)."""
         keys = self._group_keys
         for gi, group in enumerate(self.param_groups):
-            values = tuple([group[k] for k in keys])
+            raw = [group[k] for k in keys]
+            values = tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
-                plan.groups[gi] = self._group_row(*values)
+                plan.groups[gi] = self._group_row(*raw)
                 plan.row_values[gi] = values
 
     # subclasses: _group_keys, _group_row, _plan_flags, _build_plan, _run, _after_step
@@ -438,36 +455,74 @@ class Adam(_FusedOptimizer):
     def _plan_flags(self) -> tuple:
         return tuple(bool(g["amsgrad"]) for g in self.param_groups)
 
-    def _build_plan(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
-    ) -> _Plan:
-        self._check(params, grads)
-        group_of = self._group_index()
-        # state, created lazily as torch does (after every check passed)
-        for p in params:
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if flags[group_of[id(p)]] and "max_exp_avg_sq" not in state:
-                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if state["step"].dtype != torch.float32 or state["step"].device.type != "cpu":
-                state["step"] = state["step"].to("cpu", torch.float32)
-        states = [self.state[p] for p in params]
-        rows = [group_of[id(p)] for p in params]
+    _state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+
+    def _build_plan(self) -> _Plan | None:
+        """Check everything, create missing state as torch does, build the table."""
+        params, grads, rows = self._params_with_grads()
+        if not params:
+            return None
+        labels = self._labels(params)
+        amsgrad = self._plan_flags()
+        # what self.state holds now; torch creates a whole state where none exists and raises
+        # KeyError for a state missing a key (amsgrad switched on mid-run, a popped entry)
+        existing = [self._existing_state(p, label) for p, label in zip(params, labels, strict=True)]
+        for state, label, r in zip(existing, labels, rows, strict=True):
+            if state is not None:
+                needs = self._state_keys if amsgrad[r] else (*self._state_keys[:2], "step")
+                missing = [k for k in needs if k not in state]
+                if missing:
+                    raise KeyError(
+                        f"{label}: optimizer state has no {missing[0]!r} (it holds "
+                        f"{sorted(state)}); torch's Adam raises here too. Delete the param's "
+                        "whole state (del opt.state[p]) to start it afresh"
+                    )
+        steps = [None if s is None else s["step"] for s in existing]
+        for step, label in zip(steps, labels, strict=True):
+            if step is not None and not (
+                isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
+            ):
+                raise TypeError(f"{label}: state 'step' must be a 1-element float tensor")
         columns = [
             params,
             grads,
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] if flags[r] else None for s, r in zip(states, rows, strict=True)],
-            [s["step"] for s in states],
+            [None if s is None else s["exp_avg"] for s in existing],
+            [None if s is None else s["exp_avg_sq"] for s in existing],
+            [
+                s["max_exp_avg_sq"] if s is not None and amsgrad[r] else None
+                for s, r in zip(existing, rows, strict=True)
+            ],
+            # a float64 or device step converts below (as torch's load_state_dict does)
+            [
+                None if s is None or s.dtype != torch.float32 or s.device.type != "cpu" else s
+                for s in steps
+            ],
         ]
-        names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "state_steps")
-        build_columns_checked(names, columns, self._labels(params))
-        return _Plan(
-            PointerTable(columns, rows), params, flags, len(self.param_groups), self._group_columns
+        names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
+        check_columns(names, columns, labels, steps=(False,) * 5 + (True,))
+        # every check passed: create or convert state, then check the new tensors' memory
+        for i, (p, r) in enumerate(zip(params, rows, strict=True)):
+            state = self.state[p]
+            if existing[i] is None:
+                state.clear()
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if amsgrad[r]:
+                    state["max_exp_avg_sq"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+            elif columns[5][i] is None:
+                state["step"] = state["step"].to("cpu", torch.float32)
+            columns[2][i] = state["exp_avg"]
+            columns[3][i] = state["exp_avg_sq"]
+            columns[4][i] = state["max_exp_avg_sq"] if amsgrad[r] else None
+            columns[5][i] = state["step"]
+        return self._new_plan(
+            columns,
+            rows,
+            (Proof.PARAM, Proof.GRAD, Proof.STATE, Proof.STATE, Proof.STATE, Proof.STATE),
+            (None, None, *self._state_keys),
         )
 
     def _set_momentum(self, group: dict[str, Any], value: float) -> None:
@@ -587,43 +642,37 @@ class SGD(_FusedOptimizer):
         group.setdefault("maximize", False)
 
     def _plan_flags(self) -> tuple:
-        # a momentum switched on or off, or a buffer that is new or was loaded, means a new plan
-        flags = []
-        for group in self.param_groups:
-            uses = group["momentum"] != 0
-            flags.append(uses)
-        return tuple(flags)
+        # a momentum switched on or off changes which rows have a buffer
+        return tuple(scalar_value(group["momentum"]) != 0 for group in self.param_groups)
 
-    def _build_plan(
-        self, params: list[torch.Tensor], grads: list[torch.Tensor], flags: tuple
-    ) -> _Plan:
-        self._check(params, grads)
-        group_of = self._group_index()
-        rows = [group_of[id(p)] for p in params]
+    def _build_plan(self) -> _Plan | None:
+        """Check everything, take the momentum buffers the state holds (a missing one starts
+        from the grad on this step, as torch's does), build the table."""
+        params, grads, rows = self._params_with_grads()
+        if not params:
+            return None
+        labels = self._labels(params)
+        momentum = self._plan_flags()
         buffers: list[torch.Tensor | None] = []
-        first: list[bool] = []
-        for p, r in zip(params, rows, strict=True):
-            if not flags[r]:
-                buffers.append(None)
-                first.append(False)
-                continue
-            buf = self.state[p].get("momentum_buffer")
-            if buf is None:
-                buf = torch.empty_like(p, memory_format=torch.preserve_format)
-                first.append(True)
-            else:
-                first.append(False)
-            buffers.append(buf)
+        for p, label, r in zip(params, labels, rows, strict=True):
+            state = self._existing_state(p, label) if momentum[r] else None
+            buffers.append(None if state is None else state.get("momentum_buffer"))
         columns = [params, grads, buffers]
-        build_columns_checked(("params", "grads", "momentum_buffer"), columns, self._labels(params))
-        plan = _Plan(
-            PointerTable(columns, rows, first_step=first),
-            params,
-            flags,
-            len(self.param_groups),
-            self._group_columns,
+        check_columns(("params", "grads", "momentum_buffer"), columns, labels)
+        first = [momentum[r] and b is None for b, r in zip(buffers, rows, strict=True)]
+        fresh = []
+        for i, p in enumerate(params):
+            if first[i]:
+                buffers[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+                fresh.append((p, buffers[i]))
+        plan = self._new_plan(
+            columns,
+            rows,
+            (Proof.PARAM, Proof.GRAD, Proof.STATE),
+            (None, None, "momentum_buffer"),
+            first_step=first,
         )
-        plan.fresh = any(first)
+        plan.fresh = fresh
         return plan
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
@@ -631,8 +680,6 @@ class SGD(_FusedOptimizer):
 
     def _after_step(self, plan: _Plan) -> None:
         # new buffers enter the state only once a step has filled them
-        if plan.fresh:
-            for p, buf in zip(plan.params, plan.table.columns[2], strict=True):
-                if buf is not None:
-                    self.state[p]["momentum_buffer"] = buf
-            plan.fresh = False
+        for p, buf in plan.fresh:
+            self.state[p]["momentum_buffer"] = buf
+        plan.fresh = []

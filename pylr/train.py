@@ -417,7 +417,6 @@ class _Driver:
         if self.fused:
             for g, (schedule, step) in zip(self.groups, self.saved, strict=True):
                 g["schedule"], g["schedule_step"] = schedule, step
-            self.optimizer._plan = None  # type: ignore[attr-defined]
 
 
 def _check_grad_clip(grad_clip: Any) -> float | None:

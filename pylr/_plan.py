@@ -1,0 +1,282 @@
+"""The step plan: the pointer table a fused step hands to C++, and its proof.
+
+A fused step is fast because its table — one row of data pointers and sizes per tensor — is built
+once and reused. Reuse is only safe while every fact the table holds is still true, so the table
+carries a proof (:class:`pylr._core.PlanProof`) that re-reads those facts before every step:
+
+- parameters and gradients: data pointer, element count and strides;
+- optimizer state (``exp_avg``, ``momentum_buffer``, ``step`` ...): identity and data pointer;
+- a gradient that is a new tensor (as after ``zero_grad(set_to_none=True)``) is taken over once it
+  shows the parameter's layout, dtype and device.
+
+When anything differs the table is rebuilt from scratch through :func:`check_columns`, which
+raises an error naming the offending tensor before anything is modified. The proof holds weak
+references and integers only, so a plan keeps no tensor alive between steps.
+
+This module is the one place where tensors are checked and tables are built, for ``pylr.optim``
+and ``pylr.functional`` alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from pylr import _core
+
+__all__ = ["DTYPE_CODES", "PointerTable", "Proof", "check_columns", "check_tensor"]
+
+# dtype codes of csrc/optim/kernel_api.hpp
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+# table columns, read from the C++ core (csrc/optim/cpu.hpp's TableColumn)
+COL_PARAM = _core.COL_PARAM
+COL_GRAD = _core.COL_GRAD
+COL_STATE0 = _core.COL_STATE0
+COL_STEP = _core.COL_STEP
+COL_NUMEL = _core.COL_NUMEL
+COL_DTYPE = _core.COL_DTYPE
+COL_GROUP = _core.COL_GROUP
+COL_OFFSET = _core.COL_OFFSET
+COL_FIRST = _core.COL_FIRST
+
+Proof = _core.Proof
+
+_is_subclass_like = torch._C._dispatch_isTensorSubclassLike
+_functorch = getattr(torch._C, "_functorch", None)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """True when ``t`` covers exactly ``numel`` elements of its storage, in any dim order."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride(), strict=True), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _not_plain_memory(t: torch.Tensor) -> str | None:
+    """Why the C++ kernels cannot update ``t`` through its data pointer, or None."""
+    if _is_subclass_like(t):
+        name = type(t).__name__
+        if name == "DTensor":
+            return (
+                "is a DTensor (a parameter sharded by FSDP2 or tensor parallelism); pylr's "
+                "optimizers update plain CPU tensors only"
+            )
+        return (
+            f"is a {type(t).__module__}.{name}, a tensor subclass whose data is not plain memory; "
+            "pylr's optimizers update plain CPU tensors only"
+        )
+    if _functorch is not None and _functorch.is_functorch_wrapped_tensor(t):
+        return "is wrapped by a functorch transform (vmap/grad); pylr's step runs outside autograd"
+    if t.is_neg():
+        return "has its negative bit set (a lazy negation); call .resolve_neg() first"
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        return "is an inference tensor; it cannot be updated in place outside InferenceMode"
+    n = t.numel()
+    if n == 0:
+        return None
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    needed = (t.storage_offset() + extent) * t.element_size()
+    have = t.untyped_storage().nbytes()
+    if t.data_ptr() == 0 or have < needed:
+        return (
+            f"has storage of {have} bytes for {n} elements needing {needed} (its storage was "
+            "freed or resized)"
+        )
+    return None
+
+
+def check_tensor(label: str, t: Any, like: torch.Tensor | None = None) -> None:
+    """Raise a clear error naming ``label`` unless ``t`` is a tensor pylr's CPU kernels can
+    update in place: plain, dense, real floating point, on the CPU, with enough storage.
+
+    ``like`` is the parameter that ``t`` (a gradient or state) must match in shape, dtype, device
+    and layout.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_sparse or t.layout != torch.strided:
+        raise RuntimeError(f"{label} is sparse; pylr's optimizers support dense tensors only")
+    if t.device.type != "cpu":
+        raise RuntimeError(
+            f"{label} is on {t.device}; this pylr build updates CPU tensors only (no CUDA "
+            "extension)"
+        )
+    why = _not_plain_memory(t)
+    if why is not None:
+        raise TypeError(f"{label} {why}")
+    if t.is_complex():
+        raise TypeError(f"{label} is complex ({t.dtype}); pylr's optimizers support real tensors")
+    if t.dtype not in DTYPE_CODES:
+        raise TypeError(
+            f"{label} has dtype {t.dtype}; pylr's optimizers support float32, float64, "
+            "bfloat16 and float16"
+        )
+    if like is None:
+        if not _is_dense(t):
+            raise ValueError(
+                f"{label} is not dense (strides {t.stride()} for shape {tuple(t.shape)}); "
+                "pass a contiguous tensor"
+            )
+        return
+    if t.shape != like.shape:
+        raise ValueError(f"{label} has shape {tuple(t.shape)}, the parameter {tuple(like.shape)}")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{label} has dtype {t.dtype}, the parameter {like.dtype}")
+    if t.numel() > 1 and t.stride() != like.stride():
+        raise ValueError(
+            f"{label} has strides {t.stride()} but the parameter has {like.stride()}; pylr "
+            "updates element i of each with element i of the other, so their layouts must "
+            "match (make both contiguous)"
+        )
+
+
+def check_step_counter(label: str, t: Any) -> None:
+    """A state ``step``: a 1-element float32 CPU tensor of plain memory."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != 1:
+        raise TypeError(f"{label} must be a 1-element float32 tensor")
+    if t.device.type != "cpu":
+        raise RuntimeError(f"{label} is on {t.device}, not the CPU")
+    why = _not_plain_memory(t)
+    if why is not None:
+        raise TypeError(f"{label} {why}")
+
+
+def check_columns(
+    names: Sequence[str],
+    columns: Sequence[Sequence[torch.Tensor | None]],
+    labels: Sequence[str],
+    steps: Sequence[bool] | None = None,
+) -> None:
+    """Validate every tensor of every column against its parameter (column 0), then that no
+    memory is written twice in one step (or read where another tensor is written).
+
+    ``steps[c]`` marks a column of step counters. Raises before anything is modified.
+    """
+    params = columns[0]
+    for col, tensors in enumerate(columns):
+        if len(tensors) != len(params):
+            raise ValueError(f"{names[col]} has {len(tensors)} tensors for {len(params)} params")
+    for i, p in enumerate(params):
+        check_tensor(labels[i], p)
+        for col in range(1, len(columns)):
+            t = columns[col][i]
+            if t is None:
+                continue
+            if steps is not None and steps[col]:
+                check_step_counter(f"{labels[i]}: {names[col]}", t)
+            else:
+                check_tensor(f"{labels[i]}: {names[col]}", t, like=p)
+    _check_no_overlap(names, columns, labels, read_only=(1,))
+
+
+def _check_no_overlap(
+    names: Sequence[str],
+    columns: Sequence[Sequence[torch.Tensor | None]],
+    labels: Sequence[str],
+    read_only: Sequence[int],
+) -> None:
+    """Tensors the step writes must not share memory with each other or with a tensor it reads:
+    their rows run on different threads. (The same parameter listed twice is the common case;
+    two params reading one grad tensor are fine.)"""
+    spans: dict[bool, list[tuple[int, int, int, int]]] = {True: [], False: []}
+    for col, tensors in enumerate(columns):
+        for i, t in enumerate(tensors):
+            if t is not None and t.numel() > 0:
+                start = t.data_ptr()
+                end = start + t.numel() * t.element_size()
+                spans[col not in read_only].append((start, end, col, i))
+    if not spans[True]:
+        return
+
+    def clash(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> ValueError:
+        (ca, ia), (cb, ib) = sorted([(a[2], a[3]), (b[2], b[3])])
+        what = "the same tensor" if a[0] == b[0] and a[1] == b[1] else "overlapping memory"
+        return ValueError(
+            f"{labels[ia]}: {names[ca]} and {labels[ib]}: {names[cb]} are {what}; a step "
+            "updates each tensor once, so no memory it writes may appear twice (remove the "
+            "duplicate parameter, or give each its own tensor)"
+        )
+
+    written = sorted(spans[True])
+    starts = np.array([w[0] for w in written])
+    ends = np.array([w[1] for w in written])
+    # sorted by start, a written span overlaps an earlier one iff it starts before its end
+    # (ends of non-overlapping sorted spans are sorted too, so the neighbour is enough)
+    bad = np.nonzero(starts[1:] < ends[:-1])[0]
+    if bad.size:
+        k = int(bad[0])
+        raise clash(written[k], written[k + 1])
+    for span in spans[False]:
+        # the last written span starting before this read span ends
+        j = int(np.searchsorted(starts, span[1], side="left")) - 1
+        if j >= 0 and ends[j] > span[0]:
+            raise clash(written[j], span)
+
+
+class PointerTable:
+    """The int64 table the C++ step reads — one row of pointers and sizes per tensor — and the
+    proof that it is current.
+
+    ``columns[c][r]`` is the tensor of row ``r`` in table column ``c`` (or None), already checked
+    by :func:`check_columns`; ``proofs[c]`` says how column ``c`` is proved at each step;
+    ``state_keys[c]`` names the optimizer-state key column ``c`` comes from (or None);
+    ``all_params`` is every parameter of the optimizer (None for the functional API).
+    """
+
+    __slots__ = ("numel", "proof", "table")
+
+    def __init__(
+        self,
+        columns: Sequence[Sequence[torch.Tensor | None]],
+        group_of_row: Sequence[int],
+        proofs: Sequence[Any],
+        *,
+        first_step: Sequence[bool] | None = None,
+        state_keys: Sequence[str | None] | None = None,
+        all_params: list[torch.Tensor] | None = None,
+    ) -> None:
+        params = columns[0]
+        n = len(params)
+        table = np.zeros((n, _core.TABLE_COLUMNS), dtype=np.int64)
+        numels = [p.numel() for p in params]
+        for col, tensors in enumerate(columns):
+            table[:, col] = [0 if t is None else t.data_ptr() for t in tensors]
+        table[:, COL_NUMEL] = numels
+        table[:, COL_DTYPE] = [DTYPE_CODES[p.dtype] for p in params]
+        table[:, COL_GROUP] = group_of_row
+        table[:, COL_OFFSET] = np.cumsum([0, *numels[:-1]]) if n else []
+        if first_step is not None:
+            table[:, COL_FIRST] = first_step
+        self.table = table
+        self.numel = int(sum(numels))  # elements in the step
+        keys = list(state_keys) if state_keys is not None else [None] * len(columns)
+        self.proof = _core.PlanProof(
+            table, [list(c) for c in columns], [int(p) for p in proofs], keys, all_params
+        )
+
+    def is_current(self, columns: list[list[Any]]) -> bool:
+        """Whether the table is still right for this call's tensors (the functional API).
+        Grad pointers that moved are taken over after their layout checks."""
+        return self.proof.verify(self.table, columns)
+
+
+def scalar_value(value: Any) -> Any:
+    """A hyperparameter as the value it holds now: a tensor by its value (a scheduler may
+    ``fill_`` it in place), a tuple element by element."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else math.nan
+    if type(value) is tuple:
+        return tuple(map(scalar_value, value))
+    return value
