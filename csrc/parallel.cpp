@@ -33,11 +33,47 @@ inline void cpu_relax() {
 #endif
 }
 
-// Chunks are claimed through one atomic ticket, (generation << 32) | next chunk, so a worker can
-// only ever claim a chunk of the job that is current. The caller claims chunks too and waits
-// only for chunks other threads have claimed and not finished: a worker the OS has not run yet
-// (torch's OpenMP threads may still be spinning on the other core) delays nothing, its chunks
-// are simply taken by the caller.
+// A job's chunks are claimed through one atomic word, the ticket: the job's chunk count in the
+// high 32 bits, its next unclaimed chunk in the low 32. A thread claims chunk k with a CAS from
+// (count, k) to (count, k + 1), k < count, and that CAS is the whole claim:
+// - The word is claimable (next < count) only while a job is posted and has chunks left. Between
+//   jobs it is full: a job's last claim leaves it (count, count), and run() posts the next job
+//   by storing (count', 0) only after it has stored the job's description. So a CAS that
+//   succeeds claims a chunk of the job posted at that instant, whatever the thread read before;
+//   even a word left from an older job that happens to equal the current one names the same
+//   chunk of the current job. The count checked is the count in the swapped word: never one
+//   loaded separately, which a thread late from the previous job could pair with a stale ticket
+//   and claim chunks of the next job before it is posted (they would run twice).
+// - The CAS acquires the release store that posted the job, so the job_ read after it is that
+//   job's; and no later job can be posted before this chunk is finished, because run() returns
+//   only when done_ counts every chunk other threads claimed.
+// - Fields cannot overflow: next <= count < 2^32 (a claim needs next < count), and a call of
+//   more chunks runs as consecutive jobs of at most kMaxJobChunks.
+// The caller claims chunks too and waits only for chunks that other threads have claimed: a
+// worker the OS has not run yet (torch's OpenMP threads may still be spinning on the other core)
+// delays nothing, its chunks are simply taken by the caller.
+#ifdef PYLR_POOL_MAX_JOB_CHUNKS
+// a small limit, for the test that exercises calls split into several jobs
+constexpr std::size_t kMaxJobChunks = PYLR_POOL_MAX_JOB_CHUNKS;
+#else
+constexpr std::size_t kMaxJobChunks = 0xffffffffu;
+#endif
+static_assert(kMaxJobChunks >= 1 && kMaxJobChunks <= 0xffffffffu, "the ticket counts in 32 bits");
+
+constexpr std::uint64_t posted_ticket(std::size_t n_chunks) {
+    return static_cast<std::uint64_t>(n_chunks) << 32;
+}
+constexpr std::size_t ticket_count(std::uint64_t t) { return static_cast<std::size_t>(t >> 32); }
+constexpr std::size_t ticket_next(std::uint64_t t) {
+    return static_cast<std::size_t>(t & 0xffffffffu);
+}
+
+// What a claimed chunk runs: chunk k of the job is chunk first_chunk + k of the call.
+struct Job {
+    const ChunkFn* fn;
+    std::size_t first_chunk;
+};
+
 class ThreadPool {
   public:
     explicit ThreadPool(int n_threads) { start_workers(n_threads); }
@@ -49,36 +85,14 @@ class ThreadPool {
             for (std::size_t i = 0; i < n_chunks; ++i) fn(i);
             return;
         }
-        const std::uint64_t g = (generation_.load(std::memory_order_relaxed) + 1) & 0xffffffffu;
-        fn_.store(&fn, std::memory_order_relaxed);
-        n_chunks_.store(n_chunks, std::memory_order_relaxed);
-        ticket_.store(g << 32, std::memory_order_release);
-        generation_.store(g);  // seq_cst: pairs with the sleepers_ check below
-        // Back-to-back jobs (the last ended within a spin window) keep the workers hot even for
-        // small jobs; after a longer pause (forward and backward ran in between) only a large
-        // job wakes them.
-        const auto now = std::chrono::steady_clock::now();
-        const bool back_to_back = now - last_end_ < kSpinFor;
-        if (wake_sleepers || back_to_back) {
-            wake_requests_.fetch_add(1, std::memory_order_relaxed);
-            if (sleepers_.load() > 0) {
-                std::lock_guard<std::mutex> lock(mutex_);
-                wake_.notify_all();
-            }
+        for (std::size_t first = 0; first < n_chunks;) {
+            const std::size_t count = std::min(kMaxJobChunks, n_chunks - first);
+            run_job(Job{&fn, first}, count, wake_sleepers);
+            first += count;
         }
-        work_on(g);
-        // chunks claimed by a worker and still running
-        for (unsigned spins = 0; in_flight_.load(std::memory_order_acquire) != 0; ++spins) {
-            if (spins < 4096) {
-                cpu_relax();
-            } else {
-                std::this_thread::yield();
-            }
-        }
-        last_end_ = std::chrono::steady_clock::now();
     }
 
-    int size() const noexcept { return static_cast<int>(workers_.size()) + 1; }
+    int size() const noexcept { return n_threads_.load(std::memory_order_relaxed); }
 
     std::uint64_t wake_requests() const noexcept { return wake_requests_.load(); }
 
@@ -99,26 +113,52 @@ class ThreadPool {
     }
 
   private:
-    // Claims and runs chunks of job g until none is left.
-    void work_on(std::uint64_t g) {
-        for (;;) {
-            in_flight_.fetch_add(1, std::memory_order_acq_rel);
-            std::uint64_t t = ticket_.load(std::memory_order_acquire);
-            bool claimed = false;
-            while ((t >> 32) == g && (t & 0xffffffffu) < n_chunks_.load(std::memory_order_acquire)) {
-                if (ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) {
-                    claimed = true;
-                    break;
-                }
+    // Posts one job of `count` chunks, takes part in it, and returns when all its chunks are done.
+    void run_job(const Job& job, std::size_t count, bool wake_sleepers) {
+        job_.store(&job, std::memory_order_relaxed);
+        done_.store(0, std::memory_order_relaxed);
+        ticket_.store(posted_ticket(count), std::memory_order_release);  // posts the job
+        generation_.fetch_add(1);  // seq_cst: pairs with the sleepers_ check below
+        // Back-to-back jobs (the last ended within a spin window) keep the workers hot even for
+        // small jobs; after a longer pause (forward and backward ran in between) only a large
+        // job wakes them.
+        const auto now = std::chrono::steady_clock::now();
+        const bool back_to_back = now - last_end_ < kSpinFor;
+        if (wake_sleepers || back_to_back) {
+            wake_requests_.fetch_add(1, std::memory_order_relaxed);
+            if (sleepers_.load() > 0) {
+                std::lock_guard<std::mutex> lock(mutex_);
+                wake_.notify_all();
             }
-            if (!claimed) {
-                in_flight_.fetch_sub(1, std::memory_order_acq_rel);
-                return;
-            }
-            // the job cannot change while one of its chunks is claimed and unfinished
-            (*fn_.load(std::memory_order_acquire))(static_cast<std::size_t>(t & 0xffffffffu));
-            in_flight_.fetch_sub(1, std::memory_order_acq_rel);
         }
+        const std::size_t by_others = count - work_on();
+        // chunks claimed by other threads and still running
+        for (unsigned spins = 0; done_.load(std::memory_order_acquire) != by_others; ++spins) {
+            if (spins < 4096) {
+                cpu_relax();
+            } else {
+                std::this_thread::yield();
+            }
+        }
+        last_end_ = std::chrono::steady_clock::now();
+    }
+
+    // Claims and runs chunks of the posted job until none is left; returns how many it ran. All
+    // of them belong to one job: none can be posted while a chunk it claimed is uncounted.
+    std::size_t work_on() {
+        std::size_t ran = 0;
+        std::uint64_t t = ticket_.load(std::memory_order_relaxed);
+        while (ticket_next(t) < ticket_count(t)) {
+            if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acquire,
+                                               std::memory_order_relaxed)) {
+                continue;  // t now holds the current word
+            }
+            const Job& job = *job_.load(std::memory_order_relaxed);  // ordered by the CAS
+            (*job.fn)(job.first_chunk + ticket_next(t));
+            ++ran;
+            t = ticket_.load(std::memory_order_relaxed);
+        }
+        return ran;
     }
 
     // Waits for a generation other than `seen`: spins for kSpinFor, then sleeps. A wake-up hint
@@ -134,7 +174,7 @@ class ThreadPool {
             }
             std::unique_lock<std::mutex> lock(mutex_);
             const std::uint64_t hint = wake_hint_;
-            sleepers_.fetch_add(1);  // seq_cst: pairs with the generation store in run()
+            sleepers_.fetch_add(1);  // seq_cst: pairs with the generation store in run_job()
             wake_.wait(lock, [&] {
                 return stop_.load() || generation_.load() != seen || wake_hint_ != hint;
             });
@@ -148,7 +188,9 @@ class ThreadPool {
         for (;;) {
             seen = wait_for_job(seen);
             if (stop_.load()) return;
-            work_on(seen);
+            // the generation only wakes the worker; the ticket says whether there is work
+            const std::size_t ran = work_on();
+            if (ran > 0) done_.fetch_add(ran, std::memory_order_release);
         }
     }
 
@@ -160,6 +202,7 @@ class ThreadPool {
         for (int i = 0; i < n_workers; ++i) {
             workers_.emplace_back([this, current] { worker_loop(current); });
         }
+        n_threads_.store(n_workers + 1, std::memory_order_relaxed);
     }
 
     void stop_workers() {
@@ -175,12 +218,13 @@ class ThreadPool {
     std::mutex run_mutex_;  // one job (or resize) at a time
     std::mutex mutex_;      // for sleeping workers
     std::condition_variable wake_;
-    std::vector<std::thread> workers_;
-    std::atomic<std::uint64_t> generation_{0};
-    std::atomic<std::uint64_t> ticket_{0};
-    std::atomic<std::size_t> n_chunks_{0};
-    std::atomic<const ChunkFn*> fn_{nullptr};
-    std::atomic<int> in_flight_{0};
+    std::vector<std::thread> workers_;  // guarded by run_mutex_ (after construction)
+    std::atomic<int> n_threads_{1};     // workers_.size() + 1, readable without run_mutex_
+    // claimed by every thread for every chunk: a cache line of its own
+    alignas(64) std::atomic<std::uint64_t> ticket_{0};
+    std::atomic<const Job*> job_{nullptr};
+    alignas(64) std::atomic<std::size_t> done_{0};  // chunks finished by workers this job
+    alignas(64) std::atomic<std::uint64_t> generation_{0};
     std::atomic<bool> stop_{false};
     std::atomic<int> sleepers_{0};
     std::atomic<std::uint64_t> wake_requests_{0};  // jobs and hints that asked workers to wake

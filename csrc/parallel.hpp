@@ -17,8 +17,9 @@ using ChunkFn = std::function<void(std::size_t chunk)>;
 // the caller's core even preempts the caller).
 constexpr std::size_t kWakeMinElements = std::size_t{1} << 20;
 
-// Runs fn(chunk) for every chunk in [0, n_chunks), spread over the pool's threads. Returns when
-// all chunks are done. fn must not throw. Safe to call from several threads (calls serialise).
+// Runs fn(chunk) exactly once for every chunk in [0, n_chunks), spread over the pool's threads.
+// Returns when all chunks are done, with everything they wrote visible to the caller. fn must not
+// throw, nor call parallel_for itself. Safe to call from several threads (calls serialise).
 // With wake_sleepers false, sleeping workers are left asleep (the caller does their share).
 void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers = true) noexcept;
 
