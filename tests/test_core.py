@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,9 @@ def test_sources_include_no_torch_header():
 @pytest.mark.skipif(sys.platform != "linux", reason="ldd is Linux's")
 def test_extension_links_no_torch_library():
     out = subprocess.run(["ldd", _core.__file__], capture_output=True, text=True, check=True)
-    assert "torch" not in out.stdout and "c10" not in out.stdout
+    # library names only: a load address such as 0x7f3169ec1000 may contain "c10"
+    names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+    assert not [n for n in names if re.search(r"torch|c10", n)], names
 
 
 def test_importing_schedules_does_not_import_torch():
