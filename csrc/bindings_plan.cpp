@@ -4,17 +4,24 @@
 // "not current" and Python rebuilds the plan with its full checks and error messages; nothing
 // here raises for a bad tensor.
 //
-// It runs once per step over every tensor of the step, so it is written against Python's C API:
-// torch's own methods (data_ptr, numel, stride, grad, dtype, is_cpu) are looked up once as
-// descriptors and called directly. No torch header is included; torch is only a Python module
-// here. Identities are held as weak references and pointers as integers, so a proof keeps no
-// tensor alive: a grad, a state tensor or a parameter dropped by the user is freed at once.
+// It runs once per step over every tensor of the step, right after the previous step streamed
+// the whole model through the caches, so its cost is cache misses on torch's objects (a tensor's
+// PyObject, TensorImpl and StorageImpl) more than instructions. Hence one pass per kind of tensor
+// (params, grads, each state) with the objects of the rows ahead prefetched, and identities
+// compared as addresses: a weak-reference callback marks the proof stale the moment a tracked
+// object dies, so an address is never mistaken for a new object at the same place.
+//
+// Tensors are read only through Python's C API and torch's public methods and properties
+// (data_ptr, nbytes, stride, is_contiguous, grad, dtype, is_cpu, _cdata), looked up once as
+// descriptors: no torch header is included. The proof holds no strong reference to any tensor,
+// so a grad, a state tensor or a parameter dropped by the user is freed at once.
 #include <Python.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -37,14 +44,15 @@ enum class Proof : int {
     State = 3,  // identity and data pointer
 };
 
-// torch.Tensor's descriptors, looked up on first use; all strong references, never released
-// (torch outlives every plan).
+// torch.Tensor's descriptors, looked up on first use; strong references, never released (torch
+// outlives every plan).
 struct TensorApi {
     PyTypeObject* tensor_type = nullptr;
     PyObject* data_ptr = nullptr;  // method descriptors, called with the tensor as the only arg
-    PyObject* numel = nullptr;
     PyObject* stride = nullptr;
+    PyObject* is_contiguous = nullptr;
     PyObject* grad = nullptr;  // getset descriptors
+    PyObject* nbytes = nullptr;
     PyObject* dtype = nullptr;
     PyObject* is_cpu = nullptr;
 };
@@ -59,9 +67,10 @@ const TensorApi& tensor_api() {
             return py::object(tensor.attr(name)).release().ptr();
         };
         a.data_ptr = descriptor("data_ptr");
-        a.numel = descriptor("numel");
         a.stride = descriptor("stride");
+        a.is_contiguous = descriptor("is_contiguous");
         a.grad = descriptor("grad");
+        a.nbytes = descriptor("nbytes");
         a.dtype = descriptor("dtype");
         a.is_cpu = descriptor("is_cpu");
         return a;
@@ -80,20 +89,7 @@ inline PyObject* get_attribute(PyObject* descriptor, PyObject* self) {
                                              reinterpret_cast<PyObject*>(Py_TYPE(self)));
 }
 
-// The object a weak reference points to (borrowed), or null when it is gone.
-inline PyObject* referent(PyObject* ref) {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject* obj = nullptr;
-    if (PyWeakref_GetRef(ref, &obj) != 1) return nullptr;
-    Py_DECREF(obj);  // still referenced by its owner, which the caller holds
-    return obj;
-#else
-    PyObject* obj = PyWeakref_GetObject(ref);
-    return obj == Py_None ? nullptr : obj;
-#endif
-}
-
-// A new reference to an int result as int64, or a Python error.
+// A new reference to an int result as int64, or false with a Python error set.
 bool read_int(PyObject* result, std::int64_t* out) {
     if (result == nullptr) return false;
     const long long v = PyLong_AsLongLong(result);
@@ -114,16 +110,55 @@ bool read_pointer(PyObject* t, std::int64_t* out) {
     return true;
 }
 
+// Where torch keeps a tensor's metadata (TensorImpl) and its storage's (StorageImpl), as
+// reported by `_cdata`: prefetch hints only, never dereferenced here.
+struct Lines {
+    const void* impl = nullptr;
+    const void* storage = nullptr;
+};
+
+const void* address_of(PyObject* obj) {
+    PyObject* v = PyObject_GetAttrString(obj, "_cdata");
+    void* p = v != nullptr && PyLong_Check(v) ? PyLong_AsVoidPtr(v) : nullptr;
+    Py_XDECREF(v);
+    PyErr_Clear();
+    return p;
+}
+
+Lines lines_of(PyObject* t) {
+    Lines l;
+    l.impl = address_of(t);
+    PyObject* storage = PyObject_CallMethod(t, "untyped_storage", nullptr);
+    if (storage != nullptr) {
+        l.storage = address_of(storage);
+        Py_DECREF(storage);
+    }
+    PyErr_Clear();
+    return l;
+}
+
+// How many rows ahead a pass prefetches the objects it is about to read: the objects of one
+// row sit on pages far apart (each tensor's data lies between them), beyond the hardware
+// prefetchers' reach.
+constexpr std::int64_t kPrefetchAhead = 8;
+
+inline void prefetch(const void* p) {
+    if (p != nullptr) __builtin_prefetch(p);
+}
+
 class PlanProof {
   public:
     // columns[c][r]: the tensor of row r in table column c (or None); proofs[c]: its Proof kind.
     // state_keys[c]: for the optimizer, the state-dict key column c is read from (or None).
     // all_params: every parameter of every group, in order (the optimizer) — params without a
-    // row must still have no grad at the next step; None for the functional API.
+    // row must still have no grad at the next step; None for the functional API. state: the
+    // optimizer's state dict as it is now (its order is the order expected next time), or None.
     PlanProof(const py::array_t<std::int64_t, py::array::c_style>& table, const py::list& columns,
               const std::vector<int>& proofs, const py::list& state_keys,
-              const py::object& all_params)
-        : n_rows_(table.shape(0)), n_cols_(static_cast<int>(py::len(columns))) {
+              const py::object& all_params, const py::object& state)
+        : n_rows_(table.shape(0)),
+          n_cols_(static_cast<int>(py::len(columns))),
+          dead_(std::make_shared<bool>(false)) {
         const TensorApi& api = tensor_api();
         if (table.ndim() != 2 || table.shape(1) != kTableColumns) {
             throw py::value_error("table must have shape (n, TABLE_COLUMNS)");
@@ -136,35 +171,61 @@ class PlanProof {
             proofs_.push_back(static_cast<Proof>(proofs[c]));
             py::handle key = state_keys[c];
             keys_.push_back(key.is_none() ? py::object() : py::reinterpret_borrow<py::object>(key));
+            if (proofs_[c] == Proof::State && !key.is_none()) state_cols_.push_back(c);
         }
-        refs_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), py::object());
-        strides_.resize(static_cast<std::size_t>(n_rows_));
-        dtypes_.resize(static_cast<std::size_t>(n_rows_));
+        // a tracked object's death marks the proof stale (the callback holds only the flag)
+        std::shared_ptr<bool> dead = dead_;
+        on_death_ = py::cpp_function([dead](py::handle) { *dead = true; });
+        const auto cells = static_cast<std::size_t>(n_rows_ * n_cols_);
+        objects_.assign(cells, nullptr);
+        lines_.assign(cells, Lines{});
+        itemsize_.assign(static_cast<std::size_t>(n_rows_), 0);
+        contiguous_.assign(static_cast<std::size_t>(n_rows_), false);
+        dtypes_.assign(static_cast<std::size_t>(n_rows_), nullptr);
+        stride_start_.assign(static_cast<std::size_t>(n_rows_) + 1, 0);
         for (int c = 0; c < n_cols_; ++c) {
             py::list column = columns[c];
             if (static_cast<std::int64_t>(py::len(column)) != n_rows_) {
                 throw py::value_error("every column needs one entry per row");
             }
-            for (std::int64_t r = 0; r < n_rows_; ++r) {
-                py::handle t = column[static_cast<std::size_t>(r)];
-                if (t.is_none() || proofs_[c] == Proof::Grad || proofs_[c] == Proof::None) continue;
-                refs_[index(r, c)] = py::reinterpret_steal<py::object>(PyWeakref_NewRef(t.ptr(), nullptr));
-                if (!refs_[index(r, c)]) throw py::error_already_set();
+        }
+        for (std::int64_t r = 0; r < n_rows_; ++r) {
+            for (int c = 0; c < n_cols_; ++c) {
+                PyObject* t = py::list(columns[c])[static_cast<std::size_t>(r)].ptr();
+                if (t == Py_None || proofs_[c] == Proof::None) continue;
+                lines_[index(r, c)] = lines_of(t);
+                if (proofs_[c] == Proof::Grad) continue;  // grads are not tracked by identity
+                watch(t);
+                objects_[index(r, c)] = t;
                 if (proofs_[c] == Proof::Param) {
-                    strides_[r] = py::reinterpret_steal<py::object>(call_method(api.stride, t.ptr()));
-                    dtypes_[r] = py::reinterpret_steal<py::object>(get_attribute(api.dtype, t.ptr()));
-                    if (!strides_[r] || !dtypes_[r]) throw py::error_already_set();
-                    if (!all_params.is_none()) row_of_param_[t.ptr()] = r;
+                    py::handle p(t);
+                    py::object s = py::reinterpret_steal<py::object>(call_method(api.stride, t));
+                    py::object d = py::reinterpret_steal<py::object>(get_attribute(api.dtype, t));
+                    if (!s || !d) throw py::error_already_set();
+                    for (py::handle v : py::tuple(s)) strides_.push_back(v.cast<std::int64_t>());
+                    dtypes_[r] = d.ptr();  // dtypes are immortal singletons
+                    itemsize_[r] = p.attr("element_size")().cast<std::int64_t>();
+                    contiguous_[r] = p.attr("is_contiguous")().cast<bool>();
+                    if (!all_params.is_none()) row_of_param_[t] = r;
                 }
             }
+            stride_start_[static_cast<std::size_t>(r) + 1] = strides_.size();
         }
         if (!all_params.is_none()) {
             for (py::handle p : py::list(all_params)) {
                 const auto it = row_of_param_.find(p.ptr());
                 row_of_all_.push_back(it == row_of_param_.end() ? -1 : it->second);
             }
-            for (int c = 0; c < n_cols_; ++c) {
-                if (proofs_[c] == Proof::State && keys_[c]) state_cols_.push_back(c);
+        }
+        for (std::int64_t r = 0; r < n_rows_; ++r) rows_with_state_ += row_has_state(r);
+        if (!state.is_none() && PyDict_Check(state.ptr())) {
+            // the state dict's order now: next time the same keys come in the same order
+            Py_ssize_t pos = 0;
+            PyObject *key = nullptr, *value = nullptr;
+            while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
+                const auto it = row_of_param_.find(key);
+                expected_keys_.push_back(key);
+                expected_rows_.push_back(it == row_of_param_.end() ? -1 : it->second);
             }
         }
     }
@@ -172,72 +233,46 @@ class PlanProof {
     // The functional API: current[c] is this call's list for column c (None where absent).
     // Returns whether the table is current; refreshes grad pointers that moved.
     bool verify(py::array_t<std::int64_t, py::array::c_style>& table, const py::list& current) {
-        if (!same_shape(table) || static_cast<int>(py::len(current)) != n_cols_) return false;
-        std::int64_t* rows = table.mutable_data();
-        std::vector<PyObject*> lists(static_cast<std::size_t>(n_cols_), nullptr);
+        if (*dead_ || !same_shape(table) || static_cast<int>(py::len(current)) != n_cols_) {
+            return false;
+        }
+        current_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), nullptr);
+        held_.clear();
         for (int c = 0; c < n_cols_; ++c) {
-            PyObject* list = PyList_Check(current[c].ptr()) ? current[c].ptr() : nullptr;
-            if (proofs_[c] != Proof::None && list == nullptr) return false;
-            if (list != nullptr && PyList_GET_SIZE(list) != n_rows_) return false;
-            lists[c] = list;
+            PyObject* list = current[static_cast<std::size_t>(c)].ptr();
+            if (!PyList_Check(list) || PyList_GET_SIZE(list) != n_rows_) return false;
+            for (std::int64_t r = 0; r < n_rows_; ++r) hold(index(r, c), PyList_GET_ITEM(list, r));
         }
-        for (std::int64_t r = 0; r < n_rows_; ++r) {
-            std::int64_t* row = rows + r * kTableColumns;
-            for (int c = 0; c < n_cols_; ++c) {
-                if (lists[c] == nullptr) continue;
-                PyObject* t = PyList_GET_ITEM(lists[c], r);
-                if (!prove(r, c, t, row)) return fail();
-            }
-        }
-        return true;
+        return release(prove_all(table.mutable_data()));
     }
 
-    // The optimizer: all_params as at construction, the optimizer's `state` dict. Grads are read
-    // from the params, state tensors from state[param][key].
+    // The optimizer: all_params as at construction and the optimizer's `state` dict. Grads are
+    // read from the params, state tensors from state[param][key].
     bool verify_optimizer(py::array_t<std::int64_t, py::array::c_style>& table,
                           const py::list& all_params, const py::handle& state) {
-        if (!same_shape(table) || static_cast<std::size_t>(py::len(all_params)) != row_of_all_.size()) {
+        if (*dead_ || !same_shape(table) ||
+            static_cast<std::size_t>(py::len(all_params)) != row_of_all_.size()) {
             return false;
         }
         std::int64_t* rows = table.mutable_data();
         const TensorApi& api = tensor_api();
+        current_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), nullptr);
+        held_.clear();
+        // the grads: a param without a row must have none, a row's param must have one
         for (std::size_t j = 0; j < row_of_all_.size(); ++j) {
             PyObject* p = PyList_GET_ITEM(all_params.ptr(), static_cast<Py_ssize_t>(j));
             const std::int64_t r = row_of_all_[j];
             PyObject* g = get_attribute(api.grad, p);
-            if (g == nullptr) return fail();
-            const bool has_grad = g != Py_None;
-            bool ok = true;
-            if (r < 0) {
-                ok = !has_grad;  // a param that gained a grad needs a row
-            } else {
-                std::int64_t* row = rows + r * kTableColumns;
-                ok = has_grad && prove(r, kColParam, p, row) && prove(r, kColGrad, g, row);
+            if (g == nullptr) return release(fail());
+            held_.push_back(py::reinterpret_steal<py::object>(g));
+            if ((g == Py_None) != (r < 0)) return release(false);
+            if (r >= 0) {
+                hold(index(r, kColParam), p);
+                current_[index(r, kColGrad)] = g;
             }
-            Py_DECREF(g);
-            if (!ok) return fail();
         }
-        if (state_cols_.empty()) return true;
-        // every row's state, found by walking the dict (a Tensor key hashes in Python)
-        if (!PyDict_Check(state.ptr())) return false;
-        std::int64_t found = 0;
-        Py_ssize_t pos = 0;
-        PyObject *key = nullptr, *value = nullptr;
-        while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
-            const auto it = row_of_param_.find(key);
-            if (it == row_of_param_.end()) continue;
-            const std::int64_t r = it->second;
-            if (!row_has_state(r)) continue;
-            if (!PyDict_Check(value)) return false;
-            std::int64_t* row = rows + r * kTableColumns;
-            for (int c : state_cols_) {
-                if (!refs_[index(r, c)]) continue;
-                PyObject* t = PyDict_GetItemWithError(value, keys_[c].ptr());  // borrowed
-                if (t == nullptr || !prove(r, c, t, row)) return fail();
-            }
-            ++found;
-        }
-        return found == rows_with_state();
+        if (rows_with_state_ > 0 && !collect_state(state)) return release(fail());
+        return release(prove_all(rows));
     }
 
   private:
@@ -256,56 +291,136 @@ class PlanProof {
         return false;
     }
 
+    // Every column over every row (current_ holds this step's tensors), prefetching ahead.
+    bool prove_all(std::int64_t* rows) {
+        for (int c = 0; c < n_cols_; ++c) {
+            if (proofs_[static_cast<std::size_t>(c)] == Proof::None) continue;
+            for (std::int64_t r = 0; r < n_rows_; ++r) {
+                if (r + kPrefetchAhead < n_rows_) {
+                    const std::size_t ahead = index(r + kPrefetchAhead, c);
+                    prefetch(current_[ahead]);
+                    prefetch(lines_[ahead].impl);
+                    if (lines_[ahead].impl != nullptr) {
+                        prefetch(static_cast<const char*>(lines_[ahead].impl) + 64);
+                    }
+                    prefetch(lines_[ahead].storage);
+                }
+                if (!prove(r, c, current_[index(r, c)], rows + r * kTableColumns)) return fail();
+            }
+        }
+        return true;
+    }
+
+    // This call's tensors stay referenced while it reads them: a torch function mode could run
+    // Python code inside any of torch's methods.
+    void hold(std::size_t cell, PyObject* t) {
+        current_[cell] = t;
+        held_.push_back(py::reinterpret_borrow<py::object>(t));
+    }
+
+    bool release(bool result) {
+        held_.clear();
+        return result;
+    }
+
+    void watch(PyObject* t) {
+        PyObject* ref = PyWeakref_NewRef(t, on_death_.ptr());
+        if (ref == nullptr) throw py::error_already_set();
+        watches_.push_back(py::reinterpret_steal<py::object>(ref));
+    }
+
     bool row_has_state(std::int64_t r) const {
         for (int c : state_cols_) {
-            if (refs_[index(r, c)]) return true;
+            if (objects_[index(r, c)] != nullptr) return true;
         }
         return false;
     }
 
-    std::int64_t rows_with_state() {
-        if (rows_with_state_ < 0) {
-            rows_with_state_ = 0;
-            for (std::int64_t r = 0; r < n_rows_; ++r) rows_with_state_ += row_has_state(r);
+    // Every row's state tensors into current_, found by walking the dict (a Tensor key hashes
+    // in Python): in the order seen at construction while it holds, through a lookup table
+    // where it does not. A row without its state dict, or a key missing, is not current.
+    bool collect_state(const py::handle& state) {
+        if (!PyDict_Check(state.ptr())) return false;
+        std::int64_t found = 0;
+        Py_ssize_t pos = 0;
+        std::size_t k = 0;
+        PyObject *key = nullptr, *value = nullptr;
+        while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
+            std::int64_t r = -1;
+            if (k < expected_keys_.size() && key == expected_keys_[k]) {
+                r = expected_rows_[k];
+            } else {
+                const auto it = row_of_param_.find(key);
+                if (it != row_of_param_.end()) r = it->second;
+            }
+            ++k;
+            if (r < 0 || !row_has_state(r)) continue;
+            if (!PyDict_Check(value)) return false;
+            for (int c : state_cols_) {
+                if (objects_[index(r, c)] == nullptr) continue;
+                PyObject* t = PyDict_GetItemWithError(value, keys_[c].ptr());  // borrowed
+                if (t == nullptr) return false;
+                hold(index(r, c), t);
+            }
+            ++found;
         }
-        return rows_with_state_;
+        return found == rows_with_state_;
     }
 
-    // Element count and strides equal to the row's parameter as the plan saw it.
-    bool same_layout(std::int64_t r, PyObject* t, const std::int64_t* row) const {
-        std::int64_t n = 0;
-        if (!read_int(call_method(tensor_api().numel, t), &n) || n != row[kColNumel]) return false;
+    // The row's parameter layout as the plan saw it: the same bytes (element count times the
+    // row's element size) and, beyond one element, the same strides — for a grad of a
+    // contiguous parameter, contiguity (cheaper to read, and with equal element counts the
+    // same element order).
+    bool same_layout(std::int64_t r, PyObject* t, const std::int64_t* row, bool grad) const {
+        const std::int64_t n = row[kColNumel];
+        std::int64_t bytes = 0;
+        if (!read_int(get_attribute(tensor_api().nbytes, t), &bytes) ||
+            bytes != n * itemsize_[static_cast<std::size_t>(r)]) {
+            return false;
+        }
         if (n <= 1) return true;  // strides of a tensor of one element do not matter
+        if (grad && contiguous_[static_cast<std::size_t>(r)]) {
+            PyObject* c = call_method(tensor_api().is_contiguous, t);
+            if (c == nullptr) return false;
+            Py_DECREF(c);
+            return c == Py_True;
+        }
         PyObject* s = call_method(tensor_api().stride, t);
         if (s == nullptr) return false;
-        const int eq = PyObject_RichCompareBool(s, strides_[static_cast<std::size_t>(r)].ptr(), Py_EQ);
+        const std::size_t begin = stride_start_[static_cast<std::size_t>(r)];
+        const std::size_t dims = stride_start_[static_cast<std::size_t>(r) + 1] - begin;
+        bool same = PyTuple_Check(s) && static_cast<std::size_t>(PyTuple_GET_SIZE(s)) == dims;
+        for (std::size_t d = 0; same && d < dims; ++d) {
+            const long long v = PyLong_AsLongLong(PyTuple_GET_ITEM(s, static_cast<Py_ssize_t>(d)));
+            same = v == strides_[begin + d];
+        }
         Py_DECREF(s);
-        return eq == 1;
+        return same;
     }
 
     bool prove(std::int64_t r, int c, PyObject* t, std::int64_t* row) {
-        const Proof kind = proofs_[c];
+        const Proof kind = proofs_[static_cast<std::size_t>(c)];
         if (kind == Proof::None) return t == Py_None;
         if (kind == Proof::Param || kind == Proof::State) {
-            PyObject* ref = refs_[index(r, c)].ptr();
-            if (ref == nullptr) return t == Py_None;
-            if (referent(ref) != t) return false;  // replaced (or gone)
+            PyObject* cached = objects_[index(r, c)];
+            if (cached == nullptr) return t == nullptr || t == Py_None;  // no tensor here
+            if (t != cached) return false;  // replaced (a dead one has marked the proof stale)
             std::int64_t ptr = 0;
             if (!read_pointer(t, &ptr) || ptr != row[c]) return false;
-            return kind == Proof::State || same_layout(r, t, row);
+            return kind == Proof::State || same_layout(r, t, row, false);
         }
         // a grad: often a new tensor each step (zero_grad(set_to_none=True)); its pointer is
         // taken over once it is shown to have the parameter's layout, dtype and device
         if (t == Py_None) return false;
         std::int64_t ptr = 0;
-        if (!read_pointer(t, &ptr) || !same_layout(r, t, row)) return false;
+        if (!read_pointer(t, &ptr) || !same_layout(r, t, row, true)) return false;
         if (ptr != row[c]) {
             const TensorApi& api = tensor_api();
             if (Py_TYPE(t) != api.tensor_type) return false;  // a subclass: the full checks
             if (ptr == 0 && row[kColNumel] > 0) return false;
             PyObject* dtype = get_attribute(api.dtype, t);
             if (dtype == nullptr) return false;
-            const bool same_dtype = dtype == dtypes_[static_cast<std::size_t>(r)].ptr();
+            const bool same_dtype = dtype == dtypes_[static_cast<std::size_t>(r)];
             Py_DECREF(dtype);
             PyObject* cpu = get_attribute(api.is_cpu, t);
             if (cpu == nullptr) return false;
@@ -319,15 +434,27 @@ class PlanProof {
 
     std::int64_t n_rows_;
     int n_cols_;
+    std::shared_ptr<bool> dead_;  // set when a tracked object dies
+    py::object on_death_;
+    std::vector<py::object> watches_;  // weak references with on_death_ as callback
     std::vector<Proof> proofs_;
-    std::vector<py::object> keys_;     // state-dict key per column (null where none)
-    std::vector<py::object> refs_;     // weak references, n_rows x n_cols (null where none)
-    std::vector<py::object> strides_;  // each row's parameter strides (a tuple)
-    std::vector<py::object> dtypes_;   // each row's parameter dtype
-    std::unordered_map<PyObject*, std::int64_t> row_of_param_;  // params are held by the plan
-    std::vector<std::int64_t> row_of_all_;  // all_params[j] -> row, or -1 without a grad
+    std::vector<py::object> keys_;    // state-dict key per column (null where none)
     std::vector<int> state_cols_;
-    std::int64_t rows_with_state_ = -1;
+    std::vector<PyObject*> objects_;  // n_rows x n_cols tracked identities (no references)
+    std::vector<PyObject*> current_;  // this verify's tensors, n_rows x n_cols
+    std::vector<py::object> held_;    // and the references that keep them alive meanwhile
+    std::vector<Lines> lines_;        // n_rows x n_cols prefetch hints
+    std::vector<PyObject*> dtypes_;   // each row's parameter dtype
+    std::vector<std::int64_t> itemsize_;  // each row's element size in bytes
+    std::vector<bool> contiguous_;    // each row's parameter is contiguous
+    std::vector<std::int64_t> strides_;       // each row's parameter strides, concatenated
+    std::vector<std::size_t> stride_start_;   // row r's strides: [start[r], start[r + 1])
+    std::unordered_map<PyObject*, std::int64_t> row_of_param_;  // params are held by the plan
+    std::vector<std::int64_t> row_of_all_;    // all_params[j] -> row, or -1 without a grad
+    std::int64_t rows_with_state_ = 0;
+    // the state dict as it was: key and its row (or -1), by position
+    std::vector<PyObject*> expected_keys_;
+    std::vector<std::int64_t> expected_rows_;
 };
 
 }  // namespace
@@ -341,9 +468,10 @@ void bind_plan(py::module_& m) {
     py::class_<PlanProof>(m, "PlanProof",
                           "The facts a pointer table was built from, re-read before each step.")
         .def(py::init<const py::array_t<std::int64_t, py::array::c_style>&, const py::list&,
-                      const std::vector<int>&, const py::list&, const py::object&>(),
+                      const std::vector<int>&, const py::list&, const py::object&,
+                      const py::object&>(),
              py::arg("table"), py::arg("columns"), py::arg("proofs"), py::arg("state_keys"),
-             py::arg("all_params"))
+             py::arg("all_params"), py::arg("state"))
         .def("verify", &PlanProof::verify, py::arg("table").noconvert(), py::arg("current"),
              "Whether the table is current for this call's tensor lists (grad pointers are "
              "refreshed).")

@@ -232,7 +232,8 @@ class PointerTable:
     ``columns[c][r]`` is the tensor of row ``r`` in table column ``c`` (or None), already checked
     by :func:`check_columns`; ``proofs[c]`` says how column ``c`` is proved at each step;
     ``state_keys[c]`` names the optimizer-state key column ``c`` comes from (or None);
-    ``all_params`` is every parameter of the optimizer (None for the functional API).
+    ``all_params`` is every parameter of the optimizer and ``state`` its state dict (None for
+    the functional API).
     """
 
     __slots__ = ("numel", "proof", "table")
@@ -246,6 +247,7 @@ class PointerTable:
         first_step: Sequence[bool] | None = None,
         state_keys: Sequence[str | None] | None = None,
         all_params: list[torch.Tensor] | None = None,
+        state: dict[Any, Any] | None = None,
     ) -> None:
         params = columns[0]
         n = len(params)
@@ -263,7 +265,7 @@ class PointerTable:
         self.numel = int(sum(numels))  # elements in the step
         keys = list(state_keys) if state_keys is not None else [None] * len(columns)
         self.proof = _core.PlanProof(
-            table, [list(c) for c in columns], [int(p) for p in proofs], keys, all_params
+            table, [list(c) for c in columns], [int(p) for p in proofs], keys, all_params, state
         )
 
     def is_current(self, columns: list[list[Any]]) -> bool:

@@ -310,6 +310,7 @@ class _FusedOptimizer(Optimizer):
             first_step=first_step,
             state_keys=state_keys,
             all_params=all_params,
+            state=self.state,
         )
         return _Plan(
             table, columns[0], all_params, group_params, self._plan_flags(), self._group_columns
