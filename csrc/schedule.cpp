@@ -196,6 +196,12 @@ bool compute_has_momentum(ScheduleKind kind,
     }
 }
 
+int compute_depth(const std::vector<std::shared_ptr<const ScheduleNode>>& children) {
+    int deepest = 0;
+    for (const auto& c : children) deepest = std::max(deepest, c->depth());
+    return deepest + 1;
+}
+
 }  // namespace
 
 // The restart points are integers, found by walking the geometric series, so T_cur is exact where
@@ -225,6 +231,21 @@ int schedule_param_count(ScheduleKind kind) noexcept {
     return k >= 0 && k < kScheduleKindCount ? kParamCounts[k] : -1;
 }
 
+std::pair<int, int> schedule_coded_param(ScheduleKind kind) noexcept {
+    switch (kind) {
+        case ScheduleKind::Cyclic:
+            return {4, kCyclicModeCount};
+        case ScheduleKind::OneCycle:
+            return {7, kAnnealCount};
+        case ScheduleKind::WarmupStableDecay:
+            return {4, kDecayShapeCount};
+        case ScheduleKind::Warmup:
+            return {1, kWarmupModeCount};
+        default:
+            return {-1, 0};
+    }
+}
+
 ScheduleNode::ScheduleNode(ScheduleKind kind, std::vector<double> params,
                            std::vector<double> points,
                            std::vector<std::shared_ptr<const ScheduleNode>> children)
@@ -232,7 +253,8 @@ ScheduleNode::ScheduleNode(ScheduleKind kind, std::vector<double> params,
       params_(std::move(params)),
       points_(std::move(points)),
       children_(std::move(children)),
-      has_momentum_(compute_has_momentum(kind_, children_)) {}
+      has_momentum_(compute_has_momentum(kind_, children_)),
+      depth_(compute_depth(children_)) {}
 
 std::size_t ScheduleNode::sequence_segment(double t, double* local) const noexcept {
     const auto it = std::upper_bound(points_.begin(), points_.end(), t);

@@ -3,14 +3,20 @@ bounded, and what Python refuses it refuses with a ValueError naming the argumen
 
 from __future__ import annotations
 
+import copy
+import json
 import math
+import pickle
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from pylr import _core
+from pylr import schedules as S
+from pylr.cli import parse_spec
 
 
 def run_isolated(code: str) -> str:
@@ -79,3 +85,109 @@ def test_warm_restart_position_for_the_extremes_of_doubles():
     assert 0.0 <= t_cur < t_i and math.isfinite(t_cur)
     assert _core.warm_restart_position(1, 1e300, 1e308)[1] == math.inf
     assert _core.warm_restart_position(math.inf, 2, 5.0) == (5.0, math.inf)
+
+
+# ------------------------------------------------------------------------------------------
+# nesting depth
+
+
+def nest(kind: str, depth: int) -> S.Schedule:
+    s: S.Schedule = S.Cosine(10, base_lr=0.5)
+    for i in range(depth - 1):
+        if kind == "scale":
+            s = 1.0 * s
+        elif kind == "chain":
+            s = S.chain([s, S.Constant(1.0 + i % 2)])
+        elif kind == "sequence":
+            s = S.sequence([S.Constant(0.1), s], [3])
+        elif kind == "warmup":
+            s = S.warmup(s, 1 + i % 3)
+        else:
+            s = s * S.Exponential(0.99)
+    return s
+
+
+KINDS = ["scale", "chain", "sequence", "warmup", "product"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_depth_builds_and_one_more_level_raises(kind):
+    s = nest(kind, S.MAX_DEPTH)
+    assert s.depth == S.MAX_DEPTH == 256
+    assert math.isfinite(s(5)) and s.values(10).shape == (10,)
+    with pytest.raises(ValueError, match=r"257 levels deep; .*MAX_DEPTH = 256"):
+        {
+            "scale": lambda: 2.0 * s,
+            "chain": lambda: S.chain([S.Constant(), s]),
+            "sequence": lambda: S.sequence([s, S.Constant()], [4]),
+            "warmup": lambda: S.warmup(s, 5),
+            "product": lambda: S.Constant(2.0) * s,
+        }[kind]()
+
+
+def test_nesting_in_a_loop_stops_with_a_clear_error_at_the_limit():
+    s: S.Schedule = S.Constant(1.0)
+    with pytest.raises(ValueError, match="MAX_DEPTH") as info:
+        for _ in range(150_000):
+            s = 1.0 * s
+    assert s.depth == S.MAX_DEPTH
+    assert "Scaled would nest 257 levels" in str(info.value)
+    assert s(0) == 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_everything_round_trips_at_the_max_depth(kind):
+    """repr, to_dict, JSON, from_dict, pickle, copy, equality and hashing of the deepest schedule
+    allowed, under Python's default recursion limit (and pytest's own stack)."""
+    s, same = nest(kind, S.MAX_DEPTH), nest(kind, S.MAX_DEPTH)
+    assert sys.getrecursionlimit() <= 1000
+    assert s == same and hash(s) == hash(same) and s is not same
+    assert repr(s) == repr(same) and repr(s).count("(") >= S.MAX_DEPTH
+    d = s.to_dict()
+    assert S.from_dict(d) == s
+    assert S.from_dict(json.loads(json.dumps(d))) == s
+    back = pickle.loads(pickle.dumps(s))
+    assert back == s and back.values(50).tolist() == s.values(50).tolist()
+    assert copy.deepcopy(s) is s and copy.copy(s) is s
+    assert s != nest(kind, S.MAX_DEPTH - 1)
+
+
+def test_repr_round_trips_through_the_cli_parser():
+    # the parser's own limit (200 nested brackets) bounds how deep an expression can be
+    for kind in ("scale", "warmup", "product"):
+        s = nest(kind, 90)
+        assert parse_spec(repr(s)) == s
+
+
+@pytest.mark.parametrize("levels", [S.MAX_DEPTH + 1, 3000, 20_000])
+def test_from_dict_of_a_deep_spec_raises_value_error_not_recursion_error(levels):
+    d: dict = {"type": "Constant", "value": 1.0}
+    for i in range(levels - 1):
+        if i % 2:
+            d = {"type": "Scaled", "schedule": d, "factor": 1.0}
+        else:
+            d = {"type": "Chain", "schedules": [d]}
+    with pytest.raises(ValueError, match=r"nests more than pylr\.schedules\.MAX_DEPTH = 256"):
+        S.from_dict(d)
+
+
+def test_from_dict_at_the_max_depth():
+    d: dict = {"type": "Constant", "value": 1.0}
+    for _ in range(S.MAX_DEPTH - 1):
+        d = {"type": "Warmup", "schedule": d, "steps": 1}
+    assert S.from_dict(d).depth == S.MAX_DEPTH
+
+
+def test_the_core_refuses_deep_trees_and_bad_formula_codes():
+    node = S.Constant(1.0)._node
+    for _ in range(S.MAX_DEPTH - 1):
+        node = _core.ScheduleNode(16, [1.0], [], [node])
+    assert node.depth == _core.MAX_SCHEDULE_DEPTH
+    with pytest.raises(ValueError, match="257 levels deep"):
+        _core.ScheduleNode(16, [1.0], [], [node])
+    good = [0.1, 1.0, 2.0, 2.0, 0.0, 1.0, 0.8, 0.9]
+    for code in (math.nan, -1.0, 3.0, 0.5, 1e300):
+        with pytest.raises(ValueError, match="integer code"):
+            _core.ScheduleNode(8, [*good[:4], code, *good[5:]], [], [])
+    with pytest.raises(ValueError, match="integer code"):
+        _core.ScheduleNode(15, [5.0, math.nan, 0.0], [], [S.Constant()._node])
