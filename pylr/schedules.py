@@ -72,6 +72,9 @@ MAX_DEPTH: int = _core.MAX_SCHEDULE_DEPTH
 keeps that, ``repr``, pickling and ``to_dict``/``from_dict`` well inside Python's default
 recursion limit."""
 
+# Integer arguments are step counts, which the C++ core holds as doubles: exact up to 2**53.
+_MAX_COUNT = 2**53
+
 # Node kinds; must match ScheduleKind in csrc/schedule.hpp.
 _CONSTANT, _STEP, _MULTISTEP, _EXPONENTIAL, _LINEAR, _POLYNOMIAL, _COSINE = range(7)
 _WARM_RESTARTS, _CYCLIC, _ONE_CYCLE, _INVERSE_SQRT, _WSD, _WARMUP_COSINE = range(7, 13)
@@ -87,6 +90,12 @@ _WARMUP_MODES = ("linear", "constant", "exponential")
 # Argument checks: one place for every message, so that every schedule words them the same way.
 
 
+class NotFiniteError(ValueError, OverflowError):
+    """An argument that is infinite or too large for a double. A ``ValueError`` like every other
+    bad value, and an ``OverflowError`` as Python's ``float()`` (and torch, for an infinite
+    ``last_epoch``) raise for it."""
+
+
 def _real(
     name: str,
     value: Any,
@@ -99,9 +108,16 @@ def _real(
     """Return ``value`` as a finite float, or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
+    try:
+        v = float(value)
+    except OverflowError:
+        raise NotFiniteError(
+            f"{name} must be finite, got a number too large for a double"
+        ) from None
+    if math.isnan(v):
         raise ValueError(f"{name} must be finite, got {v}")
+    if math.isinf(v):
+        raise NotFiniteError(f"{name} must be finite, got {v}")
     if gt is not None and not v > gt:
         raise ValueError(f"{name} must be > {gt}, got {v}")
     if ge is not None and not v >= ge:
@@ -114,13 +130,21 @@ def _real(
 
 
 def _int(name: str, value: Any, *, ge: int = 0) -> int:
-    """Return ``value`` as an int >= ``ge``, or raise naming ``name``."""
+    """Return ``value`` as an int in ``[ge, 2**53]`` (a count of steps, exact as a double), or raise
+    naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     v = int(value)
     if v < ge:
         raise ValueError(f"{name} must be >= {ge}, got {v}")
+    if v > _MAX_COUNT:
+        raise NotFiniteError(f"{name} must be <= 2**53 = {_MAX_COUNT}, got {_short(v)}")
     return v
+
+
+def _short(v: int) -> str:
+    """An int for a message: its digits, or its size in bits when they are too many to read."""
+    return str(v) if v.bit_length() <= 200 else f"an integer of {v.bit_length()} bits"
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -157,10 +181,30 @@ def _milestones(name: str, value: Any, *, strict: bool) -> tuple[int, ...]:
 
 
 def _steps_array(steps: Any) -> np.ndarray:
-    arr = np.asarray(steps, dtype=np.float64)
+    try:
+        arr = np.asarray(steps, dtype=np.float64)
+    except OverflowError:
+        raise NotFiniteError("steps must be finite and >= 0") from None
     if arr.size and not (arr.min() >= 0.0 and arr.max() < _INF):
         raise ValueError("steps must be finite and >= 0")
     return arr
+
+
+def _step(step: Any) -> float:
+    """One step for ``__call__``/``momentum``: a number (a float, int, numpy or 0-d torch scalar)
+    that is finite and >= 0."""
+    if isinstance(step, (str, bytes)):
+        raise TypeError(f"step must be a number, got {type(step).__name__}")
+    try:
+        t = float(step)
+    except OverflowError:
+        t = _INF
+    except (TypeError, ValueError):
+        raise TypeError(f"step must be a number, got {type(step).__name__}") from None
+    if not 0.0 <= t < _INF:
+        shown = _short(step) if isinstance(step, int) else repr(step)
+        raise ValueError(f"step must be finite and >= 0, got {shown}")
+    return t
 
 
 def _nest(what: str, children: Iterable[Schedule]) -> None:
@@ -240,12 +284,7 @@ class Schedule:
 
     def __call__(self, step: float) -> float:
         """The value at ``step`` (an int or float >= 0)."""
-        try:
-            if 0 <= step < _INF:
-                return self._node.value(step)
-        except TypeError:
-            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
-        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+        return self._node.value(_step(step))
 
     def values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Values at many steps in one C++ call: ``steps`` is a count ``n`` (steps ``0..n-1``)
@@ -262,12 +301,7 @@ class Schedule:
     def momentum(self, step: float) -> float:
         """The momentum (or Adam beta1) at ``step``, where the schedule defines one."""
         self._require_momentum()
-        try:
-            if 0 <= step < _INF:
-                return self._node.momentum(step)
-        except TypeError:
-            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
-        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+        return self._node.momentum(_step(step))
 
     def momentum_values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Momentum at many steps; ``steps`` as in :meth:`values`."""
@@ -603,6 +637,8 @@ class Cyclic(Schedule):
     ) -> None:
         up = _real("step_size_up", step_size_up, gt=0.0)
         down = up if step_size_down is None else _real("step_size_down", step_size_down, gt=0.0)
+        if not math.isfinite(up + down):
+            raise NotFiniteError(f"step_size_up + step_size_down must be finite, got {up} + {down}")
         self._set(
             base_lr=_real("base_lr", base_lr),
             max_lr=_real("max_lr", max_lr),

@@ -191,3 +191,49 @@ def test_the_core_refuses_deep_trees_and_bad_formula_codes():
             _core.ScheduleNode(8, [*good[:4], code, *good[5:]], [], [])
     with pytest.raises(ValueError, match="integer code"):
         _core.ScheduleNode(15, [5.0, math.nan, 0.0], [], [S.Constant()._node])
+
+
+# ------------------------------------------------------------------------------------------
+# numbers that do not fit
+
+
+@pytest.mark.parametrize(
+    ("factory", "name"),
+    [
+        (lambda: S.Step(step_size=10**400), "step_size"),
+        (lambda: S.Step(step_size=2**53 + 1), "step_size"),
+        (lambda: S.Cosine(T_max=10**400), "T_max"),
+        (lambda: S.Constant(2**1024), "value"),
+        (lambda: S.Constant(-(10**5000)), "value"),
+        (lambda: S.MultiStep([1, 10**30]), r"milestones\[1\]"),
+        (lambda: S.OneCycle(0.1, total_steps=10**20), "total_steps"),
+        (lambda: S.Constant() * 10**400, "factor"),
+        (lambda: S.Cyclic(0.1, 1.0, step_size_up=1e308, step_size_down=1e308), "step_size_up"),
+    ],
+)
+def test_numbers_too_large_for_a_double_raise_value_error_naming_the_argument(factory, name):
+    with pytest.raises(ValueError, match=name) as info:
+        factory()
+    assert isinstance(info.value, OverflowError)  # what float() raises for them
+    assert len(str(info.value)) < 200
+
+
+def test_counts_up_to_2_pow_53_are_accepted():
+    s = S.Step(step_size=2**53)
+    assert s(2.0**53 - 1) == 1.0 and s(2.0**53) == pytest.approx(0.1)
+
+
+def test_steps_that_do_not_fit_raise_value_error():
+    s = S.Cosine(10)
+    for bad in (10**400, -1, math.inf, math.nan, -(10**400)):
+        with pytest.raises(ValueError, match="step must be finite and >= 0"):
+            s(bad)
+    for bad in ("3", b"3", None, [1]):
+        with pytest.raises(TypeError, match="step must be a number"):
+            s(bad)
+    with pytest.raises(ValueError, match="steps must be finite"):
+        s.values([1, 10**400])
+    with pytest.raises(ValueError, match="steps"):
+        s.values(99999999999999999999)
+    assert s(np.float32(2.5)) == s(2.5) and s(np.int64(3)) == s(3)
+    assert S.OneCycle(0.1, 10).momentum(10**400 // 10**399) == S.OneCycle(0.1, 10).momentum(10)
