@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import subprocess
+import sys
+import textwrap
 import warnings
+from collections import Counter
+from typing import Any
 
 import pytest
 import torch
@@ -451,3 +457,277 @@ def test_negative_epoch_for_warm_restarts():
     sched = P.CosineAnnealingWarmRestarts(make_opt(), T_0=5)
     with pytest.raises(ValueError, match="non-negative epoch"):
         sched.step(-1)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad values through every path: constructors, step(epoch) and load_state_dict check before they
+# evaluate, and a rejected load leaves the scheduler as it was.
+
+
+def test_bad_warm_restart_states_raise_instead_of_hanging():
+    """These reached a C++ loop that never ended, holding the GIL. A fresh interpreter runs them
+    so that a regression fails here instead of stopping the suite; the timeout only detects a
+    hang (each case takes milliseconds)."""
+    code = textwrap.dedent(
+        """
+        import math, torch
+        from pylr import lr_scheduler as P, schedules as S
+
+        def opt():
+            return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+        for key, value in [("T_mult", 0), ("T_0", 0), ("last_epoch", math.inf),
+                           ("last_epoch", math.nan), ("T_cur", math.inf), ("T_i", 0)]:
+            s = P.CosineAnnealingWarmRestarts(opt(), T_0=3, T_mult=2)
+            for _ in range(5):  # past T_0, where the restart walk begins
+                s.step()
+            state = s.state_dict()
+            state[key] = value
+            try:
+                s.load_state_dict(state)
+                s.step()
+                print("accepted", key)
+            except ValueError as e:
+                print("ValueError", key in str(e))
+        o = opt()
+        o.param_groups[0]["initial_lr"] = 0.1
+        try:
+            P.ScheduleLR(o, S.CosineWarmRestarts(10, 2), last_epoch=math.inf)
+            print("accepted last_epoch")
+        except ValueError as e:
+            print("ValueError", "last_epoch" in str(e))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:-1] == ["ValueError True"] * 7
+
+
+def opt_with_initial_lr() -> torch.optim.Optimizer:
+    opt = make_opt()
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+        group.update(max_lr=0.1, min_lr=1e-5, max_momentum=0.95, base_momentum=0.85)
+    return opt
+
+
+BUILDERS = {
+    "StepLR": lambda o, **kw: P.StepLR(o, step_size=3, **kw),
+    "MultiStepLR": lambda o, **kw: P.MultiStepLR(o, milestones=[2, 5], **kw),
+    "ConstantLR": lambda o, **kw: P.ConstantLR(o, factor=0.5, total_iters=4, **kw),
+    "LinearLR": lambda o, **kw: P.LinearLR(o, total_iters=6, **kw),
+    "ExponentialLR": lambda o, **kw: P.ExponentialLR(o, gamma=0.9, **kw),
+    "PolynomialLR": lambda o, **kw: P.PolynomialLR(o, total_iters=6, power=2.0, **kw),
+    "CosineAnnealingLR": lambda o, **kw: P.CosineAnnealingLR(o, T_max=5, **kw),
+    "CosineAnnealingWarmRestarts": lambda o, **kw: P.CosineAnnealingWarmRestarts(
+        o, T_0=3, T_mult=2, **kw
+    ),
+    "CyclicLR": lambda o, **kw: P.CyclicLR(o, 0.01, 0.1, step_size_up=2, **kw),
+    "OneCycleLR": lambda o, **kw: P.OneCycleLR(o, 0.1, total_steps=20, **kw),
+    "ScheduleLR": lambda o, **kw: P.ScheduleLR(o, S.OneCycle(1.0, 50), **kw),
+    "LambdaLR": lambda o, **kw: P.LambdaLR(o, lambda e: 0.9**e, **kw),
+    "MultiplicativeLR": lambda o, **kw: P.MultiplicativeLR(o, lambda e: 0.9, **kw),
+    "SequentialLR": lambda o, **kw: P.SequentialLR(
+        o, [P.LinearLR(o, total_iters=3), P.StepLR(o, step_size=2)], milestones=[3], **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize(
+    ("last_epoch", "exc"),
+    [
+        (math.inf, OverflowError),  # what torch's warm restarts raise; a ValueError too
+        (-math.inf, ValueError),
+        (math.nan, ValueError),
+        (-5, ValueError),
+        (2**60, ValueError),
+        (10**400, ValueError),
+        ("3", TypeError),
+    ],
+)
+def test_bad_last_epoch_raises_before_anything_changes(name, last_epoch, exc):
+    opt = opt_with_initial_lr()
+    before = copy.deepcopy(opt.param_groups)
+    with pytest.raises(exc, match="last_epoch") as info:
+        BUILDERS[name](opt, last_epoch=last_epoch)
+    assert isinstance(info.value, (ValueError, TypeError))
+    assert str(opt.param_groups) == str(before)
+
+
+def test_infinite_last_epoch_raises_overflow_error_like_torch():
+    opt = opt_with_initial_lr()
+    with pytest.raises(OverflowError):
+        T.CosineAnnealingWarmRestarts(opt, T_0=3, last_epoch=math.inf)
+    with pytest.raises(OverflowError):
+        P.CosineAnnealingWarmRestarts(opt, T_0=3, last_epoch=math.inf)
+
+
+TAKE_AN_EPOCH = [n for n in BUILDERS if n not in ("LambdaLR", "MultiplicativeLR", "SequentialLR")]
+
+
+@pytest.mark.parametrize("name", TAKE_AN_EPOCH)
+@pytest.mark.parametrize("epoch", [math.nan, math.inf, -1, 10**400])
+def test_bad_step_epoch_raises_before_anything_changes(name, epoch):
+    sched = BUILDERS[name](make_opt())
+    sched.step()
+    state = copy.deepcopy(sched.state_dict())
+    lrs = [g["lr"] for g in sched.optimizer.param_groups]
+    with pytest.raises(ValueError, match="epoch"):
+        sched.step(epoch)
+    assert sched.state_dict() == state and [g["lr"] for g in sched.optimizer.param_groups] == lrs
+
+
+# (scheduler, key, bad value, what the message names)
+BAD_STATES = [
+    ("CosineAnnealingWarmRestarts", "T_0", 0, "['T_0'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_0", -3, "['T_0'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_0", 2.5, "['T_0'] must be an integer"),
+    ("CosineAnnealingWarmRestarts", "T_mult", 0, "['T_mult'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_mult", 0.5, "['T_mult'] must be an integer"),
+    ("CosineAnnealingWarmRestarts", "T_i", 0, "['T_i'] must be > 0"),
+    ("CosineAnnealingWarmRestarts", "T_cur", math.nan, "['T_cur'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "eta_min", math.inf, "['eta_min'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", -5, "['last_epoch'] must be >= -1"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", math.inf, "['last_epoch'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", math.nan, "['last_epoch'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", "7", "['last_epoch'] must be a real number"),
+    ("StepLR", "step_size", 0, "['step_size'] must be >= 1"),
+    ("StepLR", "gamma", -1.0, "['gamma'] must be > 0"),
+    ("StepLR", "last_epoch", 10**400, "['last_epoch'] must be finite"),
+    ("StepLR", "base_lrs", [math.nan, 0.1], "['base_lrs'][0] must be finite"),
+    ("StepLR", "base_lrs", [0.1, 0.1, 0.1], "['base_lrs'] has 3 entries, more than"),
+    ("StepLR", "base_lrs", "0.1", "['base_lrs'] must be a list"),
+    ("StepLR", "_step_count", -1, "['_step_count'] must be >= 0"),
+    ("MultiStepLR", "milestones", [5, 2], "['milestones'] must be a Counter"),
+    ("MultiStepLR", "milestones", Counter({-1: 1}), "['milestones'] key must be >= 0"),
+    ("MultiStepLR", "milestones", Counter({5: 10**9}), "['milestones'] counts 1000000000"),
+    ("MultiStepLR", "gamma", math.nan, "['gamma'] must be finite"),
+    ("ConstantLR", "factor", 2.0, "['factor'] must be <= 1"),
+    ("ConstantLR", "total_iters", -1, "['total_iters'] must be >= 0"),
+    ("LinearLR", "start_factor", 0.0, "['start_factor'] must be > 0"),
+    ("LinearLR", "end_factor", 2.0, "['end_factor'] must be <= 1"),
+    ("LinearLR", "total_iters", 0, "['total_iters'] must be >= 1"),
+    ("ExponentialLR", "gamma", 0.0, "['gamma'] must be > 0"),
+    ("PolynomialLR", "power", -1.0, "['power'] must be >= 0"),
+    ("PolynomialLR", "total_iters", 0, "['total_iters'] must be >= 1"),
+    ("CosineAnnealingLR", "T_max", 0, "['T_max'] must be > 0"),
+    ("CosineAnnealingLR", "eta_min", math.nan, "['eta_min'] must be finite"),
+    ("CyclicLR", "total_size", 0.0, "['total_size'] must be > 0"),
+    ("CyclicLR", "step_ratio", 1.5, "['step_ratio'] must be < 1"),
+    ("CyclicLR", "mode", "sideways", "['mode'] must be one of"),
+    ("CyclicLR", "max_lrs", [0.1], "['max_lrs'] must have 2 entries"),
+    ("CyclicLR", "base_momentums", [math.nan, 0.8], "['base_momentums'][0] must be finite"),
+    ("CyclicLR", "scale_mode", "daily", "['scale_mode'] must be one of"),
+    ("CyclicLR", "cycle_momentum", "yes", "['cycle_momentum'] must be True or False"),
+    ("CyclicLR", "_scale_fn_custom", 3, "['_scale_fn_custom'] must be None or a dict"),
+    ("OneCycleLR", "total_steps", 0, "['total_steps'] must be >= 1"),
+    ("OneCycleLR", "_anneal_func_type", "cosh", "['_anneal_func_type'] must be one of"),
+    ("OneCycleLR", "_schedule_phases", [], "['_schedule_phases'] must be a list of 2 or 3"),
+    (
+        "OneCycleLR",
+        "_schedule_phases",
+        [{"end_step": 0.0}, {"end_step": 19}],
+        "['_schedule_phases'][0] has zero length",
+    ),
+    ("OneCycleLR", "last_epoch", 21, "['last_epoch'] is 21, past"),
+    ("ScheduleLR", "_relative", "yes", "['_relative'] must be True or False"),
+    ("ScheduleLR", "last_epoch", math.nan, "['last_epoch'] must be finite"),
+    ("LambdaLR", "lr_lambdas", [None], "['lr_lambdas'] must have 2 entries"),
+    ("LambdaLR", "lr_lambdas", [3, None], "['lr_lambdas'][0] must be None or a dict"),
+    ("LambdaLR", "last_epoch", math.inf, "['last_epoch'] must be finite"),
+    ("MultiplicativeLR", "base_lrs", [math.inf, 0.1], "['base_lrs'][0] must be finite"),
+    ("SequentialLR", "_milestones", [3, 1], "['_milestones'] must be increasing"),
+    ("SequentialLR", "_milestones", [3, 5], "['_milestones'] must have 1 entries"),
+    ("SequentialLR", "last_epoch", -9, "['last_epoch'] must be >= -1"),
+]
+
+
+def _bad_state(name: str, key: str, value: Any) -> tuple[Any, dict[str, Any]]:
+    sched = BUILDERS[name](make_opt())
+    for _ in range(3):
+        sched.step()
+    state = sched.state_dict()
+    state[key] = value
+    return sched, state
+
+
+@pytest.mark.parametrize(("name", "key", "value", "match"), BAD_STATES)
+def test_bad_state_dict_values_are_refused_and_change_nothing(name, key, value, match):
+    sched, bad = _bad_state(name, key, value)
+    twin, _ = _bad_state(name, key, value)
+    before = copy.deepcopy(sched.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict" + match)):
+        sched.load_state_dict(bad)
+    assert sched.state_dict().keys() == before.keys()
+    assert str(sched.state_dict()) == str(before)
+    for _ in range(5):  # and it goes on exactly like one that never saw the bad state
+        sched.step()
+        twin.step()
+        assert sched.get_last_lr() == twin.get_last_lr()
+        assert group_state(sched.optimizer) == group_state(twin.optimizer)
+
+
+def test_nested_states_are_checked_before_anything_loads():
+    opt = make_opt()
+    seq = BUILDERS["SequentialLR"](opt)
+    seq.step()
+    state = seq.state_dict()
+    state["_schedulers"] = copy.deepcopy(state["_schedulers"])
+    state["_schedulers"][1]["step_size"] = 0
+    state["last_epoch"] = 2
+    before = str(seq.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'][1]['step_size']")):
+        seq.load_state_dict(state)
+    assert str(seq.state_dict()) == before  # the first member was not loaded either
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'] must have 2")):
+        seq.load_state_dict({**seq.state_dict(), "_schedulers": [state["_schedulers"][0]]})
+    with pytest.raises(ValueError, match="lacks '_schedulers'"):
+        seq.load_state_dict({k: v for k, v in seq.state_dict().items() if k != "_schedulers"})
+
+    chained = P.ChainedScheduler([P.StepLR(opt, 2), P.ExponentialLR(opt, 0.9)])
+    state = chained.state_dict()
+    state["_schedulers"][1] = {**state["_schedulers"][1], "gamma": -1.0}
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'][1]['gamma']")):
+        chained.load_state_dict(state)
+
+    warm = P.LinearLR(opt, total_iters=2)
+    plateau = P.ReduceLROnPlateau(opt)
+    seq = P.SequentialLR(opt, [warm, plateau], milestones=[2])
+    state = seq.state_dict()
+    state["_plateau_state"] = {**state["_plateau_state"], "mode": "sideways"}
+    with pytest.raises(ValueError, match=re.escape("state_dict['_plateau_state']['mode']")):
+        seq.load_state_dict(state)
+    assert plateau.mode == "min"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("mode", "sideways", "['mode'] must be one of"),
+        ("threshold_mode", "both", "['threshold_mode'] must be one of"),
+        ("factor", 1.5, "['factor'] must be < 1"),
+        ("patience", -1, "['patience'] must be >= 0"),
+        ("best", math.nan, "['best'] must not be NaN"),
+        ("min_lrs", [-1.0, 0.0], "['min_lrs'][0] must be >= 0"),
+        ("cooldown_counter", 2.5, "['cooldown_counter'] must be an integer"),
+    ],
+)
+def test_plateau_state_is_checked_before_it_loads(key, value, match):
+    """torch's own load raises for a bad mode only after it changed the scheduler."""
+    sched = P.ReduceLROnPlateau(make_opt())
+    sched.step(1.0)
+    before = copy.deepcopy(sched.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict" + match)):
+        sched.load_state_dict({**sched.state_dict(), key: value})
+    assert sched.state_dict() == before
+
+
+def test_state_dict_must_be_a_dict():
+    sched = P.StepLR(make_opt(), 2)
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        sched.load_state_dict([("last_epoch", 3)])
+    with pytest.raises(ValueError, match="must not hold 'optimizer'"):
+        sched.load_state_dict({**sched.state_dict(), "optimizer": make_opt()})
