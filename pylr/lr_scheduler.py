@@ -17,6 +17,14 @@ between steps is carried forward, and resuming with ``last_epoch=k`` keeps the g
 for one step. pylr overwrites a hand-edited lr at the next ``step()`` and, resumed with
 ``last_epoch=k``, gives exactly the lrs of a fresh scheduler stepped ``k + 1`` times. To change
 the schedule mid-run, build a new scheduler (or use ``ScheduleLR`` with a new schedule).
+
+A param group added with ``optimizer.add_param_group`` after a scheduler was built is handled
+as torch handles it: where torch's chainable form carries the new group's lr forward (StepLR,
+MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, and ChainedScheduler over them),
+pylr does the same in closed form (ScheduleLR with one schedule for all groups too); where torch's
+class fails for lack of per-group values (CosineAnnealingLR, CosineAnnealingWarmRestarts,
+CyclicLR, OneCycleLR without the group keys it reads), pylr raises at the next step, naming the
+group and what it lacks.
 """
 
 from __future__ import annotations
@@ -195,6 +203,16 @@ def _milestone_counts(name: str, value: Any) -> None:
 _MAX_MILESTONES = 2**20  # the node holds each (repeated) milestone
 
 
+def _held_lrs(name: str, value: Any, n: int) -> None:
+    """``_held_lrs``: group index (below ``n``, the number of base lrs) -> a finite lr."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of group index -> lr, got {type(value).__name__}")
+    for index, lr in value.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"{name} has key {index!r}, not the index of one of {n} groups")
+        _lr(f"{name}[{index}]", lr)
+
+
 class _StateCheck:
     """The checks of one ``load_state_dict``. ``merged`` is what the scheduler would hold after
     the load — its attributes updated with ``state_dict``, as torch's load does — and every
@@ -246,7 +264,8 @@ class _StateCheck:
         return list(value)
 
     def per_group(self, key: str, check: Callable[..., Any], **bounds: Any) -> list[Any]:
-        """A list with at most one entry per param group."""
+        """A list with at most one entry per param group: groups added to the optimizer after
+        the state was saved are adopted at the next step."""
         items = self.each(key, check, **bounds)
         n_groups = len(self.scheduler.optimizer.param_groups)
         if len(items) > n_groups:
@@ -280,29 +299,81 @@ class _ClosedForm(_torch.LRScheduler):
     Subclasses implement ``_build_nodes(base_lrs)``, returning one C++ schedule node per group
     (absolute lrs), built from the attributes torch's class of the same name keeps — so a state
     dict from either class rebuilds the same nodes — and ``_check_state``, which checks those
-    attributes in a state dict. Nodes are built on first use and again after
-    ``load_state_dict``. Where the schedule defines momentum and ``cycle_momentum`` is on, the
-    momentum (or ``betas[0]``) of each group is written at every step, as torch does.
+    attributes in a state dict. Nodes are built on first use, again after ``load_state_dict``
+    and when the optimizer has gained a param group. Where the schedule defines momentum and
+    ``cycle_momentum`` is on, the momentum (or ``betas[0]``) of each group is written at every
+    step, as torch does.
+
+    A group added with ``optimizer.add_param_group`` after the scheduler was built is adopted at
+    the next step, as torch's chainable form treats it: its lr ``L`` at the current step ``k`` is
+    carried forward, ``lr(t) = L * f(t) / f(k)`` where ``f`` is the schedule for a base lr of 1,
+    and its base lr ``L / f(k)`` joins ``base_lrs``; where ``f(k) = 0`` (a decay that has
+    ended) the group keeps ``L``, listed in ``_held_lrs``.
+    Schedulers whose torch twin fails for such a group (it needs per-group values the new group
+    lacks) raise instead, naming the group; see ``_adopt_group``.
     """
 
     _nodes: list[Any] | None = None
     _private = ("_nodes",)
+    # param group index -> lr, for groups added where the schedule's factor was 0: they keep it
+    _held_lrs: dict[int, float] | None = None
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:  # pragma: no cover
         raise NotImplementedError
 
     def _ensure_nodes(self) -> list[Any]:
         nodes = self._nodes
-        if nodes is None:
+        groups = self.optimizer.param_groups
+        if nodes is None or len(nodes) != len(groups):
+            if len(self.base_lrs) > len(groups):
+                raise ValueError(
+                    f"{type(self).__name__} has {len(self.base_lrs)} base lrs but the optimizer "
+                    f"has only {len(groups)} param groups; build the scheduler again after "
+                    "removing groups"
+                )
+            n = len(self.base_lrs)
+            if n < len(groups):
+                # new containers: a state dict taken earlier holds the old ones
+                bases, held = list(self.base_lrs), dict(self._held_lrs or {})
+                for i in range(n, len(groups)):
+                    base = self._adopt_group(i, groups[i])
+                    if base is None:
+                        base = held[i] = float(groups[i]["lr"])
+                    bases.append(base)
+                self.base_lrs = bases
+                if held:
+                    self._held_lrs = held
             nodes = self._build_nodes([float(b) for b in self.base_lrs])
+            for i, lr in (self._held_lrs or {}).items():
+                nodes[i] = schedules.Constant(lr)._node
             self._nodes = nodes
         return nodes
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        """The base lr of ``param_groups[index]``, added after the scheduler was built: its lr
+        over the schedule's factor at the current step (see the class notes) — or None where
+        that factor is 0 (or so small that the quotient overflows), to keep the lr as it is, as
+        torch's chainable form does past the end of a decay."""
+        lr = float(group["lr"])
+        unit = self._build_nodes([1.0])[0]
+        factor = unit.value(max(float(self.last_epoch), 0.0))
+        base = lr / factor if factor > 0.0 else math.inf
+        return base if math.isfinite(base) else None
+
+    def _not_adoptable(self, index: int, needs: str) -> ValueError:
+        """The error of a scheduler that, like its torch twin, cannot drive a group added after
+        it was built."""
+        return ValueError(
+            f"{type(self).__name__} cannot drive param_groups[{index}], which was added to the "
+            f"optimizer after the scheduler was built: it needs {needs} for every group, as "
+            f"torch's {type(self).__name__} does. Build the scheduler after adding the group."
+        )
 
     def _writes_momentum(self) -> bool:
         return bool(getattr(self, "cycle_momentum", False))
 
     def _values_at(self, t: float) -> list[float]:
-        nodes = self._nodes or self._ensure_nodes()
+        nodes = self._ensure_nodes()
         if self._writes_momentum():
             for group, node in zip(self.optimizer.param_groups, nodes, strict=True):
                 _write_momentum(group, self.use_beta1, node.momentum(t))
@@ -314,6 +385,7 @@ class _ClosedForm(_torch.LRScheduler):
         fewer Python operations."""
         if epoch is not None:
             _check_epoch(epoch)
+        self._ensure_nodes()  # adopts new groups at the step they were added
         if self._step_count == 1:
             _warn_step_order(self.optimizer)
         self._step_count += 1
@@ -368,7 +440,9 @@ class _ClosedForm(_torch.LRScheduler):
         fail on it."""
         c = _StateCheck(self, state_dict, prefix)
         c.counters()
-        c.per_group("base_lrs", _lr)
+        n = len(c.per_group("base_lrs", _lr))
+        if c.merged.get("_held_lrs") is not None:
+            c.check("_held_lrs", _held_lrs, n=n)
         self._check_state(c)
         probe = object.__new__(type(self))
         probe.__dict__.update(c.merged)
@@ -564,6 +638,10 @@ class CosineAnnealingLR(_ClosedForm):
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [schedules.Cosine(self.T_max, self.eta_min, b)._node for b in base_lrs]
 
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        # torch's recursive cosine reads base_lrs at each period's end (zip fails there)
+        raise self._not_adoptable(index, "a base lr")
+
     def _check_state(self, c: _StateCheck) -> None:
         c.check("T_max", schedules._real, gt=0.0)
         c.check("eta_min", schedules._real)
@@ -604,6 +682,9 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
             for b in base_lrs
         ]
 
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        raise self._not_adoptable(index, "a base lr")
+
     def _check_state(self, c: _StateCheck) -> None:
         c.check("T_0", schedules._int, ge=1)
         c.check("T_mult", schedules._int, ge=1)
@@ -617,6 +698,7 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
 
     def step(self, epoch: float | None = None) -> None:
         """Advance one epoch, or jump to ``epoch`` (may be fractional, e.g. ``e + i / iters``)."""
+        self._ensure_nodes()  # adopts new groups (here: refuses them) before anything changes
         if epoch is None:
             t = 0 if self.last_epoch < 0 else self._position() + 1
         else:
@@ -765,6 +847,9 @@ class CyclicLR(_ClosedForm):
                 _write_momentum(group, self.use_beta1, mm - (mm - bm) * h * scale)
         return lrs
 
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        raise self._not_adoptable(index, "a base lr, a max lr and (cycling momentum) momenta")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         fn = state.pop("_scale_fn_custom")
@@ -811,6 +896,13 @@ class CyclicLR(_ClosedForm):
             c.check("use_beta1", _flag)
             c.each("base_momentums", _lr, length=n)
             c.each("max_momentums", _lr, length=n)
+
+
+class _GroupKeyError(KeyError):
+    """A KeyError (as torch raises) whose message prints as written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _one_cycle_phases(name: str, value: Any) -> None:
@@ -948,6 +1040,26 @@ class OneCycleLR(_ClosedForm):
             )
         return super()._values_at(t)
 
+    def _group_keys(self) -> list[str]:
+        """What the one-cycle nodes read from each param group."""
+        keys = ["initial_lr", "max_lr", "min_lr"]
+        return [*keys, "max_momentum", "base_momentum"] if self.cycle_momentum else keys
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        # torch's OneCycleLR reads these keys from every group (KeyError without them); a group
+        # that has them is driven as torch drives it
+        missing = [k for k in self._group_keys() if k not in group]
+        if missing:
+            raise _GroupKeyError(
+                f"OneCycleLR cannot drive param_groups[{index}], which was added to the "
+                f"optimizer after the scheduler was built: it lacks "
+                f"{', '.join(map(repr, missing))}, which OneCycleLR (like torch's) reads from "
+                "every group. Add the group with those keys, or build the scheduler after it."
+            )
+        for k in self._group_keys():
+            _lr(f"param_groups[{index}][{k!r}]", group[k])
+        return group["initial_lr"]
+
     def _check_state(self, c: _StateCheck) -> None:
         total = c.check("total_steps", schedules._int, ge=1)
         c.check("_anneal_func_type", _one_of(("cos", "linear")))
@@ -1008,6 +1120,17 @@ class ScheduleLR(_ClosedForm):
         if self._relative:
             return [(b * self._schedules[0])._node for b in base_lrs]
         return [s._node for s in self._schedules]
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        if not self._relative:
+            raise ValueError(
+                f"ScheduleLR was given one schedule per param group "
+                f"({len(self._schedules)}); param_groups[{index}], added to the optimizer after "
+                "it was built, has none. Build a ScheduleLR with a schedule for every group."
+            )
+        # where the schedule is 0 (a warmup's first step), the group's lr is its initial lr
+        base = super()._adopt_group(index, group)
+        return float(group["lr"]) if base is None else base
 
     def _check_state(self, c: _StateCheck) -> None:
         c.check("_relative", _flag)
@@ -1084,7 +1207,8 @@ class SequentialLR(_torch.SequentialLR):
         self.last_epoch += 1
         if self.last_epoch == start:
             for group in self.optimizer.param_groups:
-                _set_group_value(group, "lr", group["initial_lr"])
+                # a group added after the schedulers were built has no initial lr: it goes on
+                _set_group_value(group, "lr", group.get("initial_lr", group["lr"]))
         self._plateau.step(metrics)
         self._last_lr = _group_values(self.optimizer, "lr")
 
@@ -1147,12 +1271,15 @@ class ChainedScheduler(_torch.ChainedScheduler):
 
     def __init__(self, schedulers: SequenceABC[Any], optimizer: Optimizer | None = None) -> None:
         super().__init__(schedulers, optimizer)
+        # the lr each group's product starts from: its initial lr (a group added later: its lr
+        # when it was added)
+        self._group_bases = [float(g["initial_lr"]) for g in self.optimizer.param_groups]
         self._apply_product()
 
     def _apply_product(self) -> None:
         lrs = []
         for i, group in enumerate(self.optimizer.param_groups):
-            base = float(group["initial_lr"])
+            base = self._group_bases[i]
             lr = base
             for s in self._schedulers:
                 lr *= float(s.get_last_lr()[i]) / base if base != 0.0 else 0.0
@@ -1161,6 +1288,16 @@ class ChainedScheduler(_torch.ChainedScheduler):
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def step(self) -> None:
+        groups = self.optimizer.param_groups
+        n = len(self._group_bases)
+        if n < len(groups):
+            # groups added since the last step start from the lr they have now; every member
+            # adopts them at that lr before any member writes its own, as torch's chain of
+            # recursive updates carries it
+            self._group_bases = [*self._group_bases, *(float(g["lr"]) for g in groups[n:])]
+            for s in self._schedulers:
+                if isinstance(s, _ClosedForm):
+                    s._ensure_nodes()
         for s in self._schedulers:
             s.step()
         self._apply_product()
@@ -1175,6 +1312,7 @@ class ChainedScheduler(_torch.ChainedScheduler):
         c = _StateCheck(self, state_dict, prefix)
         if "_last_lr" in c.merged:
             c.each("_last_lr", _number)
+        c.per_group("_group_bases", _lr)
         _check_members(c, self._schedulers)
         return c.state
 

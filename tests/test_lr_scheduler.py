@@ -601,6 +601,7 @@ BAD_STATES = [
     ("StepLR", "base_lrs", [0.1, 0.1, 0.1], "['base_lrs'] has 3 entries, more than"),
     ("StepLR", "base_lrs", "0.1", "['base_lrs'] must be a list"),
     ("StepLR", "_step_count", -1, "['_step_count'] must be >= 0"),
+    ("StepLR", "_held_lrs", {5: 0.1}, "['_held_lrs'] has key 5"),
     ("MultiStepLR", "milestones", [5, 2], "['milestones'] must be a Counter"),
     ("MultiStepLR", "milestones", Counter({-1: 1}), "['milestones'] key must be >= 0"),
     ("MultiStepLR", "milestones", Counter({5: 10**9}), "['milestones'] counts 1000000000"),
@@ -692,6 +693,8 @@ def test_nested_states_are_checked_before_anything_loads():
     state["_schedulers"][1] = {**state["_schedulers"][1], "gamma": -1.0}
     with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'][1]['gamma']")):
         chained.load_state_dict(state)
+    with pytest.raises(ValueError, match=re.escape("state_dict['_group_bases'][1] must be fin")):
+        chained.load_state_dict({**chained.state_dict(), "_group_bases": [0.1, math.nan]})
 
     warm = P.LinearLR(opt, total_iters=2)
     plateau = P.ReduceLROnPlateau(opt)
@@ -731,3 +734,201 @@ def test_state_dict_must_be_a_dict():
         sched.load_state_dict([("last_epoch", 3)])
     with pytest.raises(ValueError, match="must not hold 'optimizer'"):
         sched.load_state_dict({**sched.state_dict(), "optimizer": make_opt()})
+
+
+# ------------------------------------------------------------------------------------------
+# A param group added after the scheduler was built (optimizer.add_param_group)
+
+
+def add_group(opt: torch.optim.Optimizer, lr: float = 0.2, **keys: Any) -> None:
+    opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": lr, **keys})
+
+
+GROWING = [
+    ("StepLR", {"step_size": 3, "gamma": 0.5}),
+    ("MultiStepLR", {"milestones": [2, 5, 5, 9], "gamma": 0.5}),
+    ("ConstantLR", {"factor": 0.25, "total_iters": 6}),
+    ("LinearLR", {"start_factor": 0.1, "total_iters": 8}),
+    ("LinearLR", {"start_factor": 0.5, "end_factor": 0.0, "total_iters": 4}),
+    ("ExponentialLR", {"gamma": 0.9}),
+    ("PolynomialLR", {"total_iters": 8, "power": 2.0}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), GROWING, ids=[f"{n}-{k}" for n, k in GROWING])
+@pytest.mark.parametrize("added_at", [0, 1, 4, 10])
+def test_a_group_added_later_follows_torch(name, kwargs, added_at):
+    """The new group's lr is taken from the group and carried forward by the schedule, as
+    torch's chainable form does — past the end of a decay to 0 it stays as it was."""
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = getattr(T, name)(opt_t, **kwargs), getattr(P, name)(opt_p, **kwargs)
+    for step in range(30):
+        if step == added_at:
+            add_group(opt_t)
+            add_group(opt_p)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"{name} step {step}")
+        ref.step()
+        ours.step()
+    assert len(ours.base_lrs) == 3
+
+
+def test_a_state_dict_with_an_added_group_round_trips():
+    opt = make_opt()
+    sched = P.StepLR(opt, step_size=2, gamma=0.5)
+    sched.step()
+    early = copy.deepcopy(sched.state_dict())
+    taken = sched.state_dict()
+    add_group(opt, lr=0.4)
+    for _ in range(3):
+        sched.step()
+    assert taken == early  # adopting the group did not alter a state dict taken before
+    state = sched.state_dict()
+    assert state["base_lrs"] == pytest.approx([0.1, 0.03, 0.4])
+    opt2 = make_opt()
+    add_group(opt2)
+    again = P.StepLR(opt2, step_size=2, gamma=0.5)
+    again.load_state_dict(copy.deepcopy(state))
+    for _ in range(6):
+        sched.step()
+        again.step()
+        assert group_state(opt2) == group_state(opt)
+    # a state with fewer base lrs than groups adopts the rest; one with more is refused
+    with pytest.raises(ValueError, match=re.escape("['base_lrs'] has 3 entries, more than")):
+        P.StepLR(make_opt(), 2).load_state_dict(copy.deepcopy(state))
+
+
+def test_a_group_held_past_the_end_of_a_decay_survives_a_state_dict():
+    opt = make_opt()
+    sched = P.PolynomialLR(opt, total_iters=3)
+    for _ in range(5):
+        sched.step()
+    add_group(opt, lr=0.25)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0, 0.25]
+    opt2 = make_opt()
+    add_group(opt2, lr=0.25)
+    again = P.PolynomialLR(opt2, total_iters=3)
+    again.load_state_dict(sched.state_dict())
+    again.step()
+    assert [g["lr"] for g in opt2.param_groups] == [0.0, 0.0, 0.25]
+
+
+def test_one_cycle_drives_an_added_group_that_has_its_keys_like_torch():
+    opt_t, opt_p = make_opt(), make_opt()
+    ref = T.OneCycleLR(opt_t, max_lr=0.1, total_steps=40)
+    ours = P.OneCycleLR(opt_p, max_lr=0.1, total_steps=40)
+    keys = {"initial_lr": 0.02, "max_lr": 0.5, "min_lr": 1e-4, "max_momentum": 0.9}
+    keys["base_momentum"] = 0.8
+    for step in range(40):
+        if step == 5:
+            add_group(opt_t, **keys)
+            add_group(opt_p, **keys)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_one_cycle_names_the_added_group_and_the_keys_it_lacks():
+    opt_t, opt_p = make_opt(), make_opt()
+    ref = T.OneCycleLR(opt_t, max_lr=0.1, total_steps=40)
+    ours = P.OneCycleLR(opt_p, max_lr=0.1, total_steps=40)
+    add_group(opt_t)
+    add_group(opt_p, initial_lr=0.01)
+    with pytest.raises(KeyError):
+        ref.step()
+    state = copy.deepcopy(ours.state_dict())
+    with pytest.raises(KeyError) as info:
+        ours.step()
+    message = str(info.value)
+    assert "param_groups[2]" in message and "'initial_lr'" not in message
+    assert "'max_lr', 'min_lr', 'max_momentum', 'base_momentum'" in message
+    assert ours.state_dict() == state  # nothing moved
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("CosineAnnealingLR", {"T_max": 5}),
+        ("CosineAnnealingWarmRestarts", {"T_0": 3, "T_mult": 2}),
+        ("CyclicLR", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}),
+    ],
+)
+def test_schedulers_that_need_per_group_values_refuse_an_added_group_like_torch(name, kwargs):
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = getattr(T, name)(opt_t, **kwargs), getattr(P, name)(opt_p, **kwargs)
+    add_group(opt_t)
+    add_group(opt_p)
+    with pytest.raises(ValueError):  # torch: zip() at the first step that reads base_lrs
+        for _ in range(12):
+            ref.step()
+    lrs = [g["lr"] for g in opt_p.param_groups]
+    with pytest.raises(ValueError, match=r"cannot drive param_groups\[2\], which was added"):
+        ours.step()
+    assert [g["lr"] for g in opt_p.param_groups] == lrs and ours.last_epoch == 0
+
+
+def test_schedule_lr_adopts_an_added_group_when_relative():
+    opt = make_opt()
+    s = S.warmup(S.Cosine(T_max=40), steps=4)
+    sched = P.ScheduleLR(opt, s)
+    add_group(opt, lr=0.3)  # at step 0, where the warmup's factor is 0: 0.3 is its initial lr
+    for t in range(1, 10):
+        sched.step()
+        assert opt.param_groups[2]["lr"] == pytest.approx(0.3 * s(t), rel=1e-15)
+    add_group(opt, lr=0.5)  # at step 9: carried forward from there
+    for t in range(10, 30):
+        sched.step()
+        assert opt.param_groups[3]["lr"] == pytest.approx(0.5 * s(t) / s(9), rel=1e-14)
+
+    opt = make_opt()
+    sched = P.ScheduleLR(opt, [S.Constant(0.1), S.Constant(0.2)])
+    add_group(opt)
+    with pytest.raises(ValueError, match=r"param_groups\[2\], added .* has none"):
+        sched.step()
+
+
+def test_chained_scheduler_with_an_added_group_follows_torch():
+    def build(mod, opt):
+        return mod.ChainedScheduler(
+            [
+                mod.ConstantLR(opt, factor=0.5, total_iters=3),
+                mod.ExponentialLR(opt, gamma=0.9),
+                mod.StepLR(opt, step_size=4, gamma=0.5),
+            ]
+        )
+
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = build(T, opt_t), build(P, opt_p)
+    for step in range(20):
+        if step == 2:
+            add_group(opt_t)
+            add_group(opt_p)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_sequential_scheduler_carries_an_added_group_across_a_milestone():
+    opt = make_opt()
+    warm = P.LinearLR(opt, start_factor=0.1, total_iters=5)
+    decay = P.ExponentialLR(opt, gamma=0.9)
+    sched = P.SequentialLR(opt, [warm, decay], milestones=[5])
+    sched.step()
+    add_group(opt, lr=0.3)
+    lrs = []
+    for _ in range(8):
+        sched.step()
+        lrs.append(opt.param_groups[2]["lr"])
+    # during the warmup: the linear ratios; at the milestone the decay takes the group from where
+    # it stands; after it, x0.9 a step
+    assert lrs[0] == pytest.approx(0.3 * (0.1 + 0.9 * 2 / 5) / (0.1 + 0.9 / 5))
+    assert lrs[3] == pytest.approx(lrs[2])
+    assert lrs[4:] == pytest.approx([lrs[3] * 0.9**k for k in range(1, 5)])
+
+
+def test_a_removed_group_is_a_clear_error():
+    opt = make_opt()
+    sched = P.StepLR(opt, 2)
+    del opt.param_groups[1]
+    with pytest.raises(ValueError, match="2 base lrs but the optimizer has only 1 param group"):
+        sched.step()
