@@ -417,7 +417,7 @@ def _from_dict(d: Any, depth: int) -> Schedule:
         raise ValueError(f"unknown schedule type {kind!r}; expected one of {sorted(_REGISTRY)}")
     unknown = set(d) - {"type", *cls._fields}
     if unknown:
-        raise ValueError(f"{kind} got unknown fields {sorted(unknown)}")
+        raise ValueError(f"{kind} got unknown fields {sorted(unknown, key=repr)}")
     kwargs = {k: v for k, v in d.items() if k != "type"}
     if "schedule" in kwargs:
         kwargs["schedule"] = _from_dict(kwargs["schedule"], depth + 1)

@@ -171,6 +171,11 @@ def test_from_dict_of_a_deep_spec_raises_value_error_not_recursion_error(levels)
         S.from_dict(d)
 
 
+def test_from_dict_names_unknown_fields_of_any_type():
+    with pytest.raises(ValueError, match=r"Constant got unknown fields \['x', 1\]"):
+        S.from_dict({"type": "Constant", 1: 2, "x": 3})
+
+
 def test_from_dict_at_the_max_depth():
     d: dict = {"type": "Constant", "value": 1.0}
     for _ in range(S.MAX_DEPTH - 1):
