@@ -373,7 +373,9 @@ class _ClosedForm(_torch.LRScheduler):
         return bool(getattr(self, "cycle_momentum", False))
 
     def _values_at(self, t: float) -> list[float]:
-        nodes = self._ensure_nodes()
+        nodes = self._nodes
+        if nodes is None or len(nodes) != len(self.optimizer.param_groups):
+            nodes = self._ensure_nodes()
         if self._writes_momentum():
             for group, node in zip(self.optimizer.param_groups, nodes, strict=True):
                 _write_momentum(group, self.use_beta1, node.momentum(t))
@@ -385,7 +387,9 @@ class _ClosedForm(_torch.LRScheduler):
         fewer Python operations."""
         if epoch is not None:
             _check_epoch(epoch)
-        self._ensure_nodes()  # adopts new groups at the step they were added
+        nodes = self._nodes
+        if nodes is None or len(nodes) != len(self.optimizer.param_groups):
+            self._ensure_nodes()  # adopts new groups at the step they were added
         if self._step_count == 1:
             _warn_step_order(self.optimizer)
         self._step_count += 1
