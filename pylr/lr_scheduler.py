@@ -1103,6 +1103,12 @@ class ScheduleLR(_ClosedForm):
         _check_optimizer(optimizer)
         _check_last_epoch(last_epoch)
         if isinstance(schedule, Schedule):
+            if schedule.depth >= schedules.MAX_DEPTH:
+                raise ValueError(
+                    f"schedule nests {schedule.depth} levels deep; as a factor on each group's "
+                    f"lr it takes one more, so at most pylr.schedules.MAX_DEPTH - 1 = "
+                    f"{schedules.MAX_DEPTH - 1} here"
+                )
             self._relative = True
             self._schedules: list[Schedule] = [schedule]
         else:

@@ -399,6 +399,19 @@ def test_schedule_lr_relative_absolute_and_momentum():
         P.ScheduleLR(make_opt(), [3, 4])
 
 
+def test_schedule_lr_refuses_a_factor_too_deep_to_scale_before_touching_the_optimizer():
+    deepest = S.Constant(1.0)
+    for _ in range(S.MAX_DEPTH - 1):
+        deepest = 1.0 * deepest
+    opt = make_opt()
+    before = copy.deepcopy(opt.param_groups)
+    with pytest.raises(ValueError, match=r"at most pylr\.schedules\.MAX_DEPTH - 1 = 255"):
+        P.ScheduleLR(opt, deepest)
+    assert str(opt.param_groups) == str(before)
+    P.ScheduleLR(opt, deepest.schedule)  # 255 levels
+    P.ScheduleLR(opt, [deepest, deepest])  # absolute lrs: not scaled
+
+
 def test_hand_edited_lr_is_overwritten_by_the_closed_form():
     opt = make_opt()
     sched = P.ExponentialLR(opt, gamma=0.5)
