@@ -5,8 +5,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "optim/cpu.hpp"
@@ -44,8 +47,24 @@ NodePtr make_node(int kind, std::vector<double> params, std::vector<double> poin
     if (composite ? (children.empty() || children.size() != want_children) : !children.empty()) {
         throw py::value_error("wrong number of child schedules");
     }
+    int depth = 1;
     for (const auto& c : children) {
         if (!c) throw py::value_error("child schedule is None");
+        depth = std::max(depth, c->depth() + 1);
+    }
+    // value() recurses once per level: a deeper tree could overflow the stack
+    if (depth > pylr::kMaxScheduleDepth) {
+        throw py::value_error("schedule nests " + std::to_string(depth) +
+                              " levels deep, more than " +
+                              std::to_string(pylr::kMaxScheduleDepth));
+    }
+    // a parameter that selects a formula is cast to int: out of range or NaN would be undefined
+    const auto [coded, n_codes] = pylr::schedule_coded_param(k);
+    const double code = coded >= 0 ? params[coded] : 0.0;
+    if (coded >= 0 && !(code >= 0.0 && code < n_codes && std::floor(code) == code)) {
+        throw py::value_error("parameter " + std::to_string(coded) + " of schedule kind " +
+                              std::to_string(kind) + " must be an integer code in [0, " +
+                              std::to_string(n_codes) + ")");
     }
     std::vector<std::shared_ptr<const ScheduleNode>> kids(children.begin(), children.end());
     return std::make_shared<ScheduleNode>(k, std::move(params), std::move(points),
@@ -111,6 +130,7 @@ PYBIND11_MODULE(_core, m) {
         .def("value", &ScheduleNode::value, py::arg("t"))
         .def("momentum", &ScheduleNode::momentum, py::arg("t"))
         .def_property_readonly("has_momentum", &ScheduleNode::has_momentum)
+        .def_property_readonly("depth", &ScheduleNode::depth)
         .def_property_readonly("kind", [](const ScheduleNode& s) { return static_cast<int>(s.kind()); })
         .def_property_readonly("params", &ScheduleNode::params)
         .def_property_readonly("points", &ScheduleNode::points)
@@ -134,6 +154,7 @@ PYBIND11_MODULE(_core, m) {
             [](const ScheduleNode& s, py::ssize_t n) { return fill_range(s, n, true); },
             py::arg("n"));
 
+    m.attr("MAX_SCHEDULE_DEPTH") = pylr::kMaxScheduleDepth;
     m.def(
         "warm_restart_position",
         [](double t_0, double t_mult, double t) {

@@ -196,24 +196,54 @@ bool compute_has_momentum(ScheduleKind kind,
     }
 }
 
+int compute_depth(const std::vector<std::shared_ptr<const ScheduleNode>>& children) {
+    int deepest = 0;
+    for (const auto& c : children) deepest = std::max(deepest, c->depth());
+    return deepest + 1;
+}
+
 }  // namespace
 
-// The restart points are integers, found by walking the geometric series (at most ~40 terms for
-// t <= 1e12), so T_cur is exact where torch's log-based step(epoch) path can misround.
+// The restart points are integers, found by walking the geometric series, so T_cur is exact where
+// torch's log-based step(epoch) path can misround. The walk is bounded for every input: with
+// T_mult >= 2 (Python takes torch's integer T_mult) each period at least doubles, so from
+// T_0 >= 2^-1074 (the smallest double) the sum passes any finite t within 1074 + 1024 + 1 terms;
+// in practice it takes about log2(t / T_0) (40 for t = 1e12, T_0 = 1). Input Python refuses —
+// T_0 <= 0, T_mult < 1 or NaN, a non-finite t, or a multiplier so close to 1 that the bound is
+// reached — gives NaN at once.
+constexpr int kMaxRestartTerms = 2100;
+
 WarmRestartPosition warm_restart_position(double t_0, double t_mult, double t) noexcept {
+    if (!(t_0 > 0.0) || !(t_mult >= 1.0) || !std::isfinite(t)) return {kNaN, kNaN};
     if (t < t_0) return {t, t_0};
     if (t_mult == 1.0) return {std::fmod(t, t_0), t_0};
     double start = 0.0, t_i = t_0;
-    while (t >= start + t_i) {
+    for (int term = 0; term < kMaxRestartTerms; ++term) {
+        if (t < start + t_i) return {t - start, t_i};
         start += t_i;
         t_i *= t_mult;
     }
-    return {t - start, t_i};
+    return {kNaN, kNaN};
 }
 
 int schedule_param_count(ScheduleKind kind) noexcept {
     const int k = static_cast<int>(kind);
     return k >= 0 && k < kScheduleKindCount ? kParamCounts[k] : -1;
+}
+
+std::pair<int, int> schedule_coded_param(ScheduleKind kind) noexcept {
+    switch (kind) {
+        case ScheduleKind::Cyclic:
+            return {4, kCyclicModeCount};
+        case ScheduleKind::OneCycle:
+            return {7, kAnnealCount};
+        case ScheduleKind::WarmupStableDecay:
+            return {4, kDecayShapeCount};
+        case ScheduleKind::Warmup:
+            return {1, kWarmupModeCount};
+        default:
+            return {-1, 0};
+    }
 }
 
 ScheduleNode::ScheduleNode(ScheduleKind kind, std::vector<double> params,
@@ -223,7 +253,8 @@ ScheduleNode::ScheduleNode(ScheduleKind kind, std::vector<double> params,
       params_(std::move(params)),
       points_(std::move(points)),
       children_(std::move(children)),
-      has_momentum_(compute_has_momentum(kind_, children_)) {}
+      has_momentum_(compute_has_momentum(kind_, children_)),
+      depth_(compute_depth(children_)) {}
 
 std::size_t ScheduleNode::sequence_segment(double t, double* local) const noexcept {
     const auto it = std::upper_bound(points_.begin(), points_.end(), t);

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace pylr {
@@ -45,11 +46,22 @@ enum class CyclicMode : int { Triangular = 0, Triangular2 = 1, ExpRange = 2 };
 enum class Anneal : int { Cos = 0, Linear = 1 };
 enum class DecayShape : int { Linear = 0, Cosine = 1, OneMinusSqrt = 2 };
 enum class WarmupMode : int { Linear = 0, Constant = 1, Exponential = 2 };
+constexpr int kCyclicModeCount = 3, kAnnealCount = 2, kDecayShapeCount = 3, kWarmupModeCount = 3;
 
 constexpr int kScheduleKindCount = 17;
 
+// A schedule tree is at most this many levels deep (a leaf is one level). value() and momentum()
+// recurse once per level, so the bound keeps their stack small on any thread, and it leaves Python
+// room to repr, pickle and serialise any tree under its default recursion limit. pylr/schedules.py
+// refuses deeper compositions with a message (it reads the bound from here); the binding refuses
+// them too.
+constexpr int kMaxScheduleDepth = 256;
+
 // The number of scalar parameters each kind takes, indexed by ScheduleKind.
 int schedule_param_count(ScheduleKind kind) noexcept;
+// The parameter of each kind that selects a formula (a CyclicMode, Anneal, DecayShape or
+// WarmupMode code) and how many codes it has; {-1, 0} for kinds without one.
+std::pair<int, int> schedule_coded_param(ScheduleKind kind) noexcept;
 
 class ScheduleNode {
   public:
@@ -61,6 +73,8 @@ class ScheduleNode {
     // The momentum (or Adam beta1) at step t; NaN where the schedule defines none.
     double momentum(double t) const noexcept;
     bool has_momentum() const noexcept { return has_momentum_; }
+    // Levels from this node down to its deepest leaf (1 for a leaf).
+    int depth() const noexcept { return depth_; }
 
     ScheduleKind kind() const noexcept { return kind_; }
     const std::vector<double>& params() const noexcept { return params_; }
@@ -78,6 +92,7 @@ class ScheduleNode {
     std::vector<double> points_;
     std::vector<std::shared_ptr<const ScheduleNode>> children_;
     bool has_momentum_;
+    int depth_;
 };
 
 // Where SGDR stands at step t: the time since the last restart and the current period length.

@@ -4,7 +4,11 @@ Each class has torch 2.13's name, constructor signature, defaults and validation
 torch lacks: a zero period raises ``ValueError`` here instead of ``ZeroDivisionError`` later),
 subclasses ``torch.optim.lr_scheduler.LRScheduler`` so other libraries' ``isinstance`` checks
 hold, keeps torch's attributes (``base_lrs``, ``last_epoch``, ``initial_lr`` in the groups, ...)
-and exchanges ``state_dict()`` with the torch class of the same name.
+and exchanges ``state_dict()`` with the torch class of the same name. Beyond torch, every path
+checks its numbers before it evaluates: ``last_epoch`` (a number in ``[-1, 2**53]``) in every
+constructor, ``step(epoch)``, and every value of a state dict in ``load_state_dict``, which raises
+``ValueError`` naming the key (``state_dict['T_mult'] must be >= 1, got 0``) before it changes
+anything — a rejected load leaves the scheduler as it was.
 
 What differs by design: the lr of group ``i`` at ``last_epoch = t`` is always the closed form
 ``f_i(t)``. torch's chainable schedulers (ExponentialLR, CosineAnnealingLR, LinearLR,
@@ -13,6 +17,14 @@ between steps is carried forward, and resuming with ``last_epoch=k`` keeps the g
 for one step. pylr overwrites a hand-edited lr at the next ``step()`` and, resumed with
 ``last_epoch=k``, gives exactly the lrs of a fresh scheduler stepped ``k + 1`` times. To change
 the schedule mid-run, build a new scheduler (or use ``ScheduleLR`` with a new schedule).
+
+A param group added with ``optimizer.add_param_group`` after a scheduler was built is handled
+as torch handles it: where torch's chainable form carries the new group's lr forward (StepLR,
+MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR, and ChainedScheduler over them),
+pylr does the same in closed form (ScheduleLR with one schedule for all groups too); where torch's
+class fails for lack of per-group values (CosineAnnealingLR, CosineAnnealingWarmRestarts,
+CyclicLR, OneCycleLR without the group keys it reads), pylr raises at the next step, naming the
+group and what it lacks.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import math
 import numbers
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceABC
 from typing import Any
 
@@ -125,34 +137,245 @@ def _warn_step_order(optimizer: Optimizer) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------
+# Checks of constructor arguments and of state dicts. A state dict is data: every bad value in it
+# is a ValueError naming its key, raised before the scheduler changes.
+
+_MAX_STEP = 2**53  # steps are doubles in the C++ core, exact up to here
+
+
+def _check_last_epoch(value: Any, name: str = "last_epoch") -> None:
+    """``last_epoch`` is a number in ``[-1, 2**53]``; -1 means not stepped yet (torch's
+    SequentialLR leaves every scheduler but the first there)."""
+    v = schedules._real(name, value, ge=-1.0)
+    if v > _MAX_STEP:
+        raise schedules.NotFiniteError(f"{name} must be <= 2**53, got {v}")
+
+
+def _check_epoch(epoch: Any) -> None:
+    """The ``epoch`` of ``step(epoch)``: a number in ``[0, 2**53]``."""
+    v = schedules._real("epoch", epoch, ge=0.0)
+    if v > _MAX_STEP:
+        raise schedules.NotFiniteError(f"epoch must be <= 2**53, got {v}")
+
+
+def _lr(name: str, value: Any, **bounds: Any) -> None:
+    """A finite lr (or momentum): a real number or a one-element tensor."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    schedules._real(name, value, **bounds)
+
+
+def _number(name: str, value: Any) -> None:
+    """A real number or a one-element tensor, finite or not (a last lr as it was written)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        schedules._choice(name, value, choices)
+
+    return check
+
+
+def _milestone_counts(name: str, value: Any) -> None:
+    """MultiStepLR's ``milestones``: a Counter of step -> how many times it decays there."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a Counter of milestones, got {type(value).__name__}")
+    total = 0
+    for step, count in value.items():
+        schedules._int(f"{name} key", step)
+        total += schedules._int(f"{name}[{step}]", count)
+    if total > _MAX_MILESTONES:
+        raise ValueError(f"{name} counts {total} milestones, more than {_MAX_MILESTONES}")
+
+
+_MAX_MILESTONES = 2**20  # the node holds each (repeated) milestone
+
+
+def _held_lrs(name: str, value: Any, n: int) -> None:
+    """``_held_lrs``: group index (below ``n``, the number of base lrs) -> a finite lr."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of group index -> lr, got {type(value).__name__}")
+    for index, lr in value.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise ValueError(f"{name} has key {index!r}, not the index of one of {n} groups")
+        _lr(f"{name}[{index}]", lr)
+
+
+class _StateCheck:
+    """The checks of one ``load_state_dict``. ``merged`` is what the scheduler would hold after
+    the load — its attributes updated with ``state_dict``, as torch's load does — and every
+    check names its key, ``state_dict['key']`` (under ``prefix`` for a nested state)."""
+
+    def __init__(self, scheduler: Any, state_dict: Any, prefix: str) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{prefix} must be a dict, got {type(state_dict).__name__}")
+        if "optimizer" in state_dict:
+            raise ValueError(f"{prefix} must not hold 'optimizer' (a state dict never does)")
+        self.scheduler = scheduler
+        self.prefix = prefix
+        self.state = dict(state_dict)
+        self.merged = {**scheduler.__dict__, **self.state}
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}[{key!r}]"
+
+    def value(self, key: str) -> Any:
+        if key not in self.merged:
+            raise ValueError(f"{self.prefix} lacks {key!r}")
+        return self.merged[key]
+
+    def check(self, key: str, check: Callable[..., Any], **bounds: Any) -> Any:
+        """``merged[key]``, after ``check(name, value, **bounds)`` (a TypeError becomes a
+        ValueError: in a state dict a wrong type is a bad value)."""
+        value = self.value(key)
+        try:
+            check(self.name(key), value, **bounds)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        return value
+
+    def each(
+        self, key: str, check: Callable[..., Any], *, length: int | None = None, **bounds: Any
+    ) -> list[Any]:
+        """``merged[key]``, a list whose items each pass ``check`` (``length`` of them)."""
+        value = self.value(key)
+        name = self.name(key)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {type(value).__name__}")
+        if length is not None and len(value) != length:
+            raise ValueError(f"{name} must have {length} entries, got {len(value)}")
+        for i, v in enumerate(value):
+            try:
+                check(f"{name}[{i}]", v, **bounds)
+            except TypeError as e:
+                raise ValueError(str(e)) from None
+        return list(value)
+
+    def per_group(self, key: str, check: Callable[..., Any], **bounds: Any) -> list[Any]:
+        """A list with at most one entry per param group: groups added to the optimizer after
+        the state was saved are adopted at the next step."""
+        items = self.each(key, check, **bounds)
+        n_groups = len(self.scheduler.optimizer.param_groups)
+        if len(items) > n_groups:
+            raise ValueError(
+                f"{self.name(key)} has {len(items)} entries, more than the optimizer's "
+                f"{n_groups} param groups"
+            )
+        return items
+
+    def counters(self) -> None:
+        """The bookkeeping every torch scheduler keeps."""
+        self.check("last_epoch", lambda name, v: _check_last_epoch(v, name))
+        if "_step_count" in self.merged:
+            self.check("_step_count", schedules._int)
+        if "_last_lr" in self.merged:
+            self.each("_last_lr", _number)
+
+
+def _check_nested(check: Callable[[Any, str], Any], state: Any, prefix: str) -> None:
+    """Run a sub-scheduler's state check; its TypeError (a state that is not a dict) is a
+    ValueError here too."""
+    try:
+        check(state, prefix)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
 class _ClosedForm(_torch.LRScheduler):
     """Base of the schedulers whose lr at ``last_epoch = t`` is a C++ closed form per group.
 
     Subclasses implement ``_build_nodes(base_lrs)``, returning one C++ schedule node per group
     (absolute lrs), built from the attributes torch's class of the same name keeps — so a state
-    dict from either class rebuilds the same nodes. Nodes are built on first use and again after
-    ``load_state_dict``. Where the schedule defines momentum and ``cycle_momentum`` is on, the
-    momentum (or ``betas[0]``) of each group is written at every step, as torch does.
+    dict from either class rebuilds the same nodes — and ``_check_state``, which checks those
+    attributes in a state dict. Nodes are built on first use, again after ``load_state_dict``
+    and when the optimizer has gained a param group. Where the schedule defines momentum and
+    ``cycle_momentum`` is on, the momentum (or ``betas[0]``) of each group is written at every
+    step, as torch does.
+
+    A group added with ``optimizer.add_param_group`` after the scheduler was built is adopted at
+    the next step, as torch's chainable form treats it: its lr ``L`` at the current step ``k`` is
+    carried forward, ``lr(t) = L * f(t) / f(k)`` where ``f`` is the schedule for a base lr of 1,
+    and its base lr ``L / f(k)`` joins ``base_lrs``; where ``f(k) = 0`` (a decay that has
+    ended) the group keeps ``L``, listed in ``_held_lrs``.
+    Schedulers whose torch twin fails for such a group (it needs per-group values the new group
+    lacks) raise instead, naming the group; see ``_adopt_group``.
     """
 
     _nodes: list[Any] | None = None
     _private = ("_nodes",)
+    # param group index -> lr, for groups added where the schedule's factor was 0: they keep it
+    _held_lrs: dict[int, float] | None = None
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:  # pragma: no cover
         raise NotImplementedError
 
     def _ensure_nodes(self) -> list[Any]:
         nodes = self._nodes
-        if nodes is None:
+        groups = self.optimizer.param_groups
+        if nodes is None or len(nodes) != len(groups):
+            if len(self.base_lrs) > len(groups):
+                raise ValueError(
+                    f"{type(self).__name__} has {len(self.base_lrs)} base lrs but the optimizer "
+                    f"has only {len(groups)} param groups; build the scheduler again after "
+                    "removing groups"
+                )
+            n = len(self.base_lrs)
+            if n < len(groups):
+                # new containers: a state dict taken earlier holds the old ones
+                bases, held = list(self.base_lrs), dict(self._held_lrs or {})
+                for i in range(n, len(groups)):
+                    base = self._adopt_group(i, groups[i])
+                    if base is None:
+                        base = held[i] = float(groups[i]["lr"])
+                    bases.append(base)
+                self.base_lrs = bases
+                if held:
+                    self._held_lrs = held
             nodes = self._build_nodes([float(b) for b in self.base_lrs])
+            for i, lr in (self._held_lrs or {}).items():
+                nodes[i] = schedules.Constant(lr)._node
             self._nodes = nodes
         return nodes
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        """The base lr of ``param_groups[index]``, added after the scheduler was built: its lr
+        over the schedule's factor at the current step (see the class notes) — or None where
+        that factor is 0 (or so small that the quotient overflows), to keep the lr as it is, as
+        torch's chainable form does past the end of a decay."""
+        lr = float(group["lr"])
+        unit = self._build_nodes([1.0])[0]
+        factor = unit.value(max(float(self.last_epoch), 0.0))
+        base = lr / factor if factor > 0.0 else math.inf
+        return base if math.isfinite(base) else None
+
+    def _not_adoptable(self, index: int, needs: str) -> ValueError:
+        """The error of a scheduler that, like its torch twin, cannot drive a group added after
+        it was built."""
+        return ValueError(
+            f"{type(self).__name__} cannot drive param_groups[{index}], which was added to the "
+            f"optimizer after the scheduler was built: it needs {needs} for every group, as "
+            f"torch's {type(self).__name__} does. Build the scheduler after adding the group."
+        )
 
     def _writes_momentum(self) -> bool:
         return bool(getattr(self, "cycle_momentum", False))
 
     def _values_at(self, t: float) -> list[float]:
-        nodes = self._nodes or self._ensure_nodes()
+        nodes = self._nodes
+        if nodes is None or len(nodes) != len(self.optimizer.param_groups):
+            nodes = self._ensure_nodes()
         if self._writes_momentum():
             for group, node in zip(self.optimizer.param_groups, nodes, strict=True):
                 _write_momentum(group, self.use_beta1, node.momentum(t))
@@ -162,6 +385,11 @@ class _ClosedForm(_torch.LRScheduler):
         """Advance ``last_epoch`` by one (or set it to ``epoch``, deprecated as in torch) and
         write each group's closed-form lr. Same warnings and bookkeeping as torch's step(), in
         fewer Python operations."""
+        if epoch is not None:
+            _check_epoch(epoch)
+        nodes = self._nodes
+        if nodes is None or len(nodes) != len(self.optimizer.param_groups):
+            self._ensure_nodes()  # adopts new groups at the step they were added
         if self._step_count == 1:
             _warn_step_order(self.optimizer)
         self._step_count += 1
@@ -200,8 +428,37 @@ class _ClosedForm(_torch.LRScheduler):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update(state_dict)
+        """torch's load (the state's entries become attributes), once every value has passed the
+        checks: a bad one raises ValueError naming its key and leaves the scheduler unchanged."""
+        state = self._checked_state(state_dict)
+        self.__dict__.update(state)
+        self._after_load()
+
+    def _after_load(self) -> None:
+        """Forget what was derived from the state."""
         self._nodes = None
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        """``state_dict`` as ``load_state_dict`` applies it, checked: each value by
+        ``_check_state``, then the nodes built from the result, so that the next step cannot
+        fail on it."""
+        c = _StateCheck(self, state_dict, prefix)
+        c.counters()
+        n = len(c.per_group("base_lrs", _lr))
+        if c.merged.get("_held_lrs") is not None:
+            c.check("_held_lrs", _held_lrs, n=n)
+        self._check_state(c)
+        probe = object.__new__(type(self))
+        probe.__dict__.update(c.merged)
+        probe._after_load()
+        try:
+            probe._build_nodes([float(b) for b in probe.base_lrs])
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{prefix} is not a valid {type(self).__name__} state: {e}") from None
+        return c.state
+
+    def _check_state(self, c: _StateCheck) -> None:  # pragma: no cover - every class has one
+        raise NotImplementedError
 
 
 def _validate(factory: Callable[..., Schedule], *args: Any, **kwargs: Any) -> None:
@@ -216,6 +473,7 @@ class StepLR(_ClosedForm):
     def __init__(
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
+        _check_last_epoch(last_epoch)
         _validate(schedules.Step, step_size, gamma)
         self.step_size = step_size
         self.gamma = gamma
@@ -223,6 +481,10 @@ class StepLR(_ClosedForm):
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [schedules.Step(self.step_size, self.gamma, b)._node for b in base_lrs]
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("step_size", schedules._int, ge=1)
+        c.check("gamma", schedules._real, gt=0.0)
 
 
 class MultiStepLR(_ClosedForm):
@@ -236,6 +498,7 @@ class MultiStepLR(_ClosedForm):
         gamma: float = 0.1,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         marks = list(milestones)
         _validate(schedules.MultiStep, marks, gamma)
         self.milestones = Counter(marks)
@@ -245,6 +508,10 @@ class MultiStepLR(_ClosedForm):
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         marks = sorted(self.milestones.elements())
         return [schedules.MultiStep(marks, self.gamma, b)._node for b in base_lrs]
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("milestones", _milestone_counts)
+        c.check("gamma", schedules._real, gt=0.0)
 
 
 class ConstantLR(_ClosedForm):
@@ -257,12 +524,17 @@ class ConstantLR(_ClosedForm):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         if factor > 1.0 or factor < 0:
             raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
         schedules._int("total_iters", total_iters)
         self.factor = factor
         self.total_iters = total_iters
         super().__init__(optimizer, last_epoch)
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("factor", schedules._real, ge=0.0, le=1.0)
+        c.check("total_iters", schedules._int)
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [
@@ -284,6 +556,7 @@ class LinearLR(_ClosedForm):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         if start_factor > 1.0 or start_factor <= 0:
             raise ValueError(
                 "Starting multiplicative factor expected to be greater than 0 and less or "
@@ -303,17 +576,26 @@ class LinearLR(_ClosedForm):
             for b in base_lrs
         ]
 
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("start_factor", schedules._real, gt=0.0, le=1.0)
+        c.check("end_factor", schedules._real, ge=0.0, le=1.0)
+        c.check("total_iters", schedules._int, ge=1)
+
 
 class ExponentialLR(_ClosedForm):
     """``lr = base_lr * gamma ** last_epoch``."""
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
+        _check_last_epoch(last_epoch)
         _validate(schedules.Exponential, gamma)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [schedules.Exponential(self.gamma, b)._node for b in base_lrs]
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("gamma", schedules._real, gt=0.0)
 
 
 class PolynomialLR(_ClosedForm):
@@ -326,6 +608,7 @@ class PolynomialLR(_ClosedForm):
         power: float = 1.0,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         _validate(schedules.Polynomial, total_iters, power)
         self.total_iters = total_iters
         self.power = power
@@ -333,6 +616,10 @@ class PolynomialLR(_ClosedForm):
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [schedules.Polynomial(self.total_iters, self.power, b)._node for b in base_lrs]
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("total_iters", schedules._int, ge=1)
+        c.check("power", schedules._real, ge=0.0)
 
 
 class CosineAnnealingLR(_ClosedForm):
@@ -346,6 +633,7 @@ class CosineAnnealingLR(_ClosedForm):
         eta_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         _validate(schedules.Cosine, T_max, eta_min)
         self.T_max = T_max
         self.eta_min = eta_min
@@ -353,6 +641,14 @@ class CosineAnnealingLR(_ClosedForm):
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [schedules.Cosine(self.T_max, self.eta_min, b)._node for b in base_lrs]
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        # torch's recursive cosine reads base_lrs at each period's end (zip fails there)
+        raise self._not_adoptable(index, "a base lr")
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("T_max", schedules._real, gt=0.0)
+        c.check("eta_min", schedules._real)
 
 
 class CosineAnnealingWarmRestarts(_ClosedForm):
@@ -367,6 +663,7 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
         eta_min: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         if T_0 <= 0 or not isinstance(T_0, int):
             raise ValueError(f"Expected positive integer T_0, but got {T_0}")
         if T_mult < 1 or not isinstance(T_mult, int):
@@ -389,19 +686,31 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
             for b in base_lrs
         ]
 
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        raise self._not_adoptable(index, "a base lr")
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("T_0", schedules._int, ge=1)
+        c.check("T_mult", schedules._int, ge=1)
+        c.check("eta_min", schedules._real)
+        c.check("T_i", schedules._real, gt=0.0)
+        c.check("T_cur", schedules._real, ge=-1.0)
+
     def _position(self) -> float:
         """The (possibly fractional) epoch the scheduler stands at, from torch's state."""
         return math.floor(self.last_epoch) - math.floor(self.T_cur) + self.T_cur
 
     def step(self, epoch: float | None = None) -> None:
         """Advance one epoch, or jump to ``epoch`` (may be fractional, e.g. ``e + i / iters``)."""
+        self._ensure_nodes()  # adopts new groups (here: refuses them) before anything changes
         if epoch is None:
             t = 0 if self.last_epoch < 0 else self._position() + 1
         else:
             if isinstance(epoch, bool) or not isinstance(epoch, numbers.Real):
                 raise TypeError(f"epoch must be a number, got {type(epoch).__name__}")
-            if not epoch >= 0 or not math.isfinite(epoch):
+            if not epoch >= 0:
                 raise ValueError(f"Expected non-negative epoch, but got {epoch}")
+            _check_epoch(epoch)
             t = epoch
         self.last_epoch = math.floor(t)
         self._step_count += 1
@@ -444,6 +753,7 @@ class CyclicLR(_ClosedForm):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
+        _check_last_epoch(last_epoch)
         self.optimizer = optimizer
         base_lrs = _per_group("base_lr", optimizer, base_lr)
         max_lrs = _per_group("max_lr", optimizer, max_lr)
@@ -541,6 +851,9 @@ class CyclicLR(_ClosedForm):
                 _write_momentum(group, self.use_beta1, mm - (mm - bm) * h * scale)
         return lrs
 
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        raise self._not_adoptable(index, "a base lr, a max lr and (cycling momentum) momenta")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         fn = state.pop("_scale_fn_custom")
@@ -550,13 +863,65 @@ class CyclicLR(_ClosedForm):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = dict(state_dict)
-        fn = state.pop("_scale_fn_custom", None)
-        state.pop("_scale_fn_ref", None)
-        super().load_state_dict(state)
-        self._step_sizes = None
+        """torch's load, checked as for every scheduler; the attributes of a callable-object
+        ``scale_fn`` are restored too."""
+        fn = state_dict.get("_scale_fn_custom") if isinstance(state_dict, Mapping) else None
+        super().load_state_dict(state_dict)
         if fn is not None and self._scale_fn_custom is not None:
             self._scale_fn_custom.__dict__.update(fn)
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        if isinstance(state_dict, Mapping):
+            # the scale function's attributes are restored apart (see load_state_dict)
+            state_dict = dict(state_dict)
+            fn = state_dict.pop("_scale_fn_custom", None)
+            state_dict.pop("_scale_fn_ref", None)
+            if fn is not None and not isinstance(fn, dict):
+                raise ValueError(
+                    f"{prefix}['_scale_fn_custom'] must be None or a dict of the scale "
+                    f"function's attributes, got {type(fn).__name__}"
+                )
+        return super()._checked_state(state_dict, prefix)
+
+    def _after_load(self) -> None:
+        super()._after_load()
+        self._step_sizes = None  # derived from total_size and step_ratio from now on
+
+    def _check_state(self, c: _StateCheck) -> None:
+        n = len(c.value("base_lrs"))
+        c.each("max_lrs", _lr, length=n)
+        c.check("total_size", schedules._real, gt=0.0)
+        c.check("step_ratio", schedules._real, gt=0.0, lt=1.0)
+        if c.merged.get("_scale_fn_custom") is None:
+            c.check("mode", _one_of(("triangular", "triangular2", "exp_range")))
+        c.check("gamma", schedules._real, gt=0.0)
+        c.check("scale_mode", _one_of(("cycle", "iterations")))
+        if c.check("cycle_momentum", _flag):
+            c.check("use_beta1", _flag)
+            c.each("base_momentums", _lr, length=n)
+            c.each("max_momentums", _lr, length=n)
+
+
+class _GroupKeyError(KeyError):
+    """A KeyError (as torch raises) whose message prints as written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _one_cycle_phases(name: str, value: Any) -> None:
+    """OneCycleLR's ``_schedule_phases``: two or three dicts whose ``end_step``s are finite and
+    each differ from the one before (0 before the first): no phase of zero length."""
+    if not isinstance(value, list) or len(value) not in (2, 3):
+        raise ValueError(f"{name} must be a list of 2 or 3 phases, got {value!r:.100}")
+    start = 0.0
+    for i, phase in enumerate(value):
+        if not isinstance(phase, Mapping) or "end_step" not in phase:
+            raise ValueError(f"{name}[{i}] must be a dict with an 'end_step'")
+        end = schedules._real(f"{name}[{i}]['end_step']", phase["end_step"])
+        if end == start:
+            raise ValueError(f"{name}[{i}] has zero length (end_step {end})")
+        start = end
 
 
 class OneCycleLR(_ClosedForm):
@@ -582,6 +947,7 @@ class OneCycleLR(_ClosedForm):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
+        _check_last_epoch(last_epoch)
         self.optimizer = optimizer
         if total_steps is not None:
             if total_steps <= 0 or not isinstance(total_steps, int):
@@ -678,6 +1044,38 @@ class OneCycleLR(_ClosedForm):
             )
         return super()._values_at(t)
 
+    def _group_keys(self) -> list[str]:
+        """What the one-cycle nodes read from each param group."""
+        keys = ["initial_lr", "max_lr", "min_lr"]
+        return [*keys, "max_momentum", "base_momentum"] if self.cycle_momentum else keys
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        # torch's OneCycleLR reads these keys from every group (KeyError without them); a group
+        # that has them is driven as torch drives it
+        missing = [k for k in self._group_keys() if k not in group]
+        if missing:
+            raise _GroupKeyError(
+                f"OneCycleLR cannot drive param_groups[{index}], which was added to the "
+                f"optimizer after the scheduler was built: it lacks "
+                f"{', '.join(map(repr, missing))}, which OneCycleLR (like torch's) reads from "
+                "every group. Add the group with those keys, or build the scheduler after it."
+            )
+        for k in self._group_keys():
+            _lr(f"param_groups[{index}][{k!r}]", group[k])
+        return group["initial_lr"]
+
+    def _check_state(self, c: _StateCheck) -> None:
+        total = c.check("total_steps", schedules._int, ge=1)
+        c.check("_anneal_func_type", _one_of(("cos", "linear")))
+        c.check("_schedule_phases", _one_cycle_phases)
+        if c.check("cycle_momentum", _flag):
+            c.check("use_beta1", _flag)
+        if c.value("last_epoch") > total:
+            raise ValueError(
+                f"{c.name('last_epoch')} is {c.value('last_epoch')}, past "
+                f"{c.name('total_steps')} = {total}"
+            )
+
 
 class ScheduleLR(_ClosedForm):
     """Drive an optimizer's groups from :mod:`pylr.schedules` objects.
@@ -703,7 +1101,14 @@ class ScheduleLR(_ClosedForm):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
+        _check_last_epoch(last_epoch)
         if isinstance(schedule, Schedule):
+            if schedule.depth >= schedules.MAX_DEPTH:
+                raise ValueError(
+                    f"schedule nests {schedule.depth} levels deep; as a factor on each group's "
+                    f"lr it takes one more, so at most pylr.schedules.MAX_DEPTH - 1 = "
+                    f"{schedules.MAX_DEPTH - 1} here"
+                )
             self._relative = True
             self._schedules: list[Schedule] = [schedule]
         else:
@@ -725,6 +1130,22 @@ class ScheduleLR(_ClosedForm):
         if self._relative:
             return [(b * self._schedules[0])._node for b in base_lrs]
         return [s._node for s in self._schedules]
+
+    def _adopt_group(self, index: int, group: dict[str, Any]) -> Any:
+        if not self._relative:
+            raise ValueError(
+                f"ScheduleLR was given one schedule per param group "
+                f"({len(self._schedules)}); param_groups[{index}], added to the optimizer after "
+                "it was built, has none. Build a ScheduleLR with a schedule for every group."
+            )
+        # where the schedule is 0 (a warmup's first step), the group's lr is its initial lr
+        base = super()._adopt_group(index, group)
+        return float(group["lr"]) if base is None else base
+
+    def _check_state(self, c: _StateCheck) -> None:
+        c.check("_relative", _flag)
+        if c.check("cycle_momentum", _flag):
+            c.check("use_beta1", _flag)
 
 
 class SequentialLR(_torch.SequentialLR):
@@ -753,6 +1174,7 @@ class SequentialLR(_torch.SequentialLR):
         last_epoch: int = -1,
     ) -> None:
         _check_optimizer(optimizer)
+        _check_last_epoch(last_epoch)
         scheds = list(schedulers)
         plateau = None
         if scheds and isinstance(scheds[-1], _torch.ReduceLROnPlateau):
@@ -795,7 +1217,8 @@ class SequentialLR(_torch.SequentialLR):
         self.last_epoch += 1
         if self.last_epoch == start:
             for group in self.optimizer.param_groups:
-                _set_group_value(group, "lr", group["initial_lr"])
+                # a group added after the schedulers were built has no initial lr: it goes on
+                _set_group_value(group, "lr", group.get("initial_lr", group["lr"]))
         self._plateau.step(metrics)
         self._last_lr = _group_values(self.optimizer, "lr")
 
@@ -807,6 +1230,9 @@ class SequentialLR(_torch.SequentialLR):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once the whole state — the member schedulers' states included — has
+        passed the checks: a bad value raises ValueError naming its key and changes nothing."""
+        self._checked_state(state_dict)
         state = dict(state_dict)
         plateau_state = state.pop("_plateau_state", None)
         plateau = self._plateau
@@ -814,6 +1240,32 @@ class SequentialLR(_torch.SequentialLR):
         self._plateau = plateau
         if plateau is not None and plateau_state is not None:
             plateau.load_state_dict(plateau_state)
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        c = _StateCheck(self, state_dict, prefix)
+        c.counters()
+        n = len(self._schedulers)
+        marks = c.check("_milestones", schedules._milestones, strict=True)
+        if len(marks) != n - 1:
+            raise ValueError(
+                f"{c.name('_milestones')} must have {n - 1} entries (one fewer than the "
+                f"{n} schedulers), got {len(marks)}"
+            )
+        _check_members(c, self._schedulers)
+        if self._plateau is not None:
+            start = c.check("_plateau_start", schedules._int)
+            if marks and start <= marks[-1]:
+                raise ValueError(
+                    f"{c.name('_plateau_start')} must come after the last milestone "
+                    f"{marks[-1]}, got {start}"
+                )
+            if "_plateau_state" in c.state:
+                _check_nested(
+                    self._plateau._checked_state,
+                    c.state["_plateau_state"],
+                    c.name("_plateau_state"),
+                )
+        return c.state
 
 
 class ChainedScheduler(_torch.ChainedScheduler):
@@ -829,12 +1281,15 @@ class ChainedScheduler(_torch.ChainedScheduler):
 
     def __init__(self, schedulers: SequenceABC[Any], optimizer: Optimizer | None = None) -> None:
         super().__init__(schedulers, optimizer)
+        # the lr each group's product starts from: its initial lr (a group added later: its lr
+        # when it was added)
+        self._group_bases = [float(g["initial_lr"]) for g in self.optimizer.param_groups]
         self._apply_product()
 
     def _apply_product(self) -> None:
         lrs = []
         for i, group in enumerate(self.optimizer.param_groups):
-            base = float(group["initial_lr"])
+            base = self._group_bases[i]
             lr = base
             for s in self._schedulers:
                 lr *= float(s.get_last_lr()[i]) / base if base != 0.0 else 0.0
@@ -843,9 +1298,33 @@ class ChainedScheduler(_torch.ChainedScheduler):
         self._last_lr = _group_values(self.optimizer, "lr")
 
     def step(self) -> None:
+        groups = self.optimizer.param_groups
+        n = len(self._group_bases)
+        if n < len(groups):
+            # groups added since the last step start from the lr they have now; every member
+            # adopts them at that lr before any member writes its own, as torch's chain of
+            # recursive updates carries it
+            self._group_bases = [*self._group_bases, *(float(g["lr"]) for g in groups[n:])]
+            for s in self._schedulers:
+                if isinstance(s, _ClosedForm):
+                    s._ensure_nodes()
         for s in self._schedulers:
             s.step()
         self._apply_product()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once the whole state — the members' states included — has passed the
+        checks: a bad value raises ValueError naming its key and changes nothing."""
+        self._checked_state(state_dict)
+        super().load_state_dict(dict(state_dict))
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        c = _StateCheck(self, state_dict, prefix)
+        if "_last_lr" in c.merged:
+            c.each("_last_lr", _number)
+        c.per_group("_group_bases", _lr)
+        _check_members(c, self._schedulers)
+        return c.state
 
 
 class LambdaLR(_torch.LambdaLR):
@@ -858,16 +1337,70 @@ class LambdaLR(_torch.LambdaLR):
         lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
         last_epoch: int = -1,
     ) -> None:
+        _check_last_epoch(last_epoch)
         fns = lr_lambda if isinstance(lr_lambda, (list, tuple)) else [lr_lambda]
         for fn in fns:
             if not callable(fn):
                 raise TypeError(f"lr_lambda should be a function, but got {type(fn).__name__}")
         super().__init__(optimizer, lr_lambda, last_epoch)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once every value has passed the checks (see ``_check_lambda_state``)."""
+        _check_lambda_state(self, state_dict, "state_dict")
+        super().load_state_dict(dict(state_dict))
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        return _check_lambda_state(self, state_dict, prefix)
+
 
 class MultiplicativeLR(_torch.MultiplicativeLR):
     """torch's MultiplicativeLR (``lr *= lr_lambda(last_epoch)``, recursive by definition); the
     user's callable runs in Python."""
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        lr_lambda: Callable[[int], float] | list[Callable[[int], float]],
+        last_epoch: int = -1,
+    ) -> None:
+        _check_last_epoch(last_epoch)
+        super().__init__(optimizer, lr_lambda, last_epoch)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once every value has passed the checks (see ``_check_lambda_state``)."""
+        _check_lambda_state(self, state_dict, "state_dict")
+        super().load_state_dict(dict(state_dict))
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        return _check_lambda_state(self, state_dict, prefix)
+
+
+def _check_lambda_state(scheduler: Any, state_dict: Any, prefix: str) -> dict[str, Any]:
+    """LambdaLR/MultiplicativeLR: the counters, the base lrs, and one entry per ``lr_lambda``
+    (None for a function, the attributes of a callable object)."""
+    c = _StateCheck(scheduler, state_dict, prefix)
+    c.counters()
+    c.per_group("base_lrs", _lr)
+    if "lr_lambdas" in c.state:
+        c.each("lr_lambdas", _attributes_or_none, length=len(scheduler.lr_lambdas))
+    return c.state
+
+
+def _attributes_or_none(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{name} must be None or a dict of attributes, got {type(value).__name__}")
+
+
+def _check_members(c: _StateCheck, members: SequenceABC[Any]) -> None:
+    """The ``_schedulers`` of a SequentialLR/ChainedScheduler state: one state per member, each
+    checked by the member itself (torch's own classes are not checked)."""
+    if "_schedulers" not in c.state:
+        raise ValueError(f"{c.prefix} lacks '_schedulers' (the member schedulers' states)")
+    states = c.each("_schedulers", lambda name, v: None, length=len(members))
+    for i, (member, state) in enumerate(zip(members, states, strict=True)):
+        check = getattr(member, "_checked_state", None)
+        if check is not None:
+            _check_nested(check, state, f"{c.name('_schedulers')}[{i}]")
 
 
 class ReduceLROnPlateau(_torch.ReduceLROnPlateau):
@@ -899,3 +1432,32 @@ class ReduceLROnPlateau(_torch.ReduceLROnPlateau):
         super().__init__(
             optimizer, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
         )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once every value has passed the checks (torch's own raises for a bad
+        mode only after changing the scheduler)."""
+        self._checked_state(state_dict)
+        super().load_state_dict(dict(state_dict))
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        c = _StateCheck(self, state_dict, prefix)
+        c.counters()
+        c.check("factor", schedules._real, gt=0.0, lt=1.0)
+        for key in ("patience", "cooldown", "cooldown_counter", "num_bad_epochs"):
+            c.check(key, schedules._int)
+        c.check("threshold", schedules._real, ge=0.0)
+        c.check("eps", schedules._real, ge=0.0)
+        c.check("mode", _one_of(("min", "max")))
+        c.check("threshold_mode", _one_of(("rel", "abs")))
+        c.per_group("min_lrs", _lr, ge=0.0)
+        if c.value("default_min_lr") is not None:
+            c.check("default_min_lr", _lr, ge=0.0)
+        c.check("best", _not_nan)
+        return c.state
+
+
+def _not_nan(name: str, value: Any) -> None:
+    """A real number, infinities included (ReduceLROnPlateau's ``best`` starts at +-inf)."""
+    _number(name, value)
+    if math.isnan(value.item() if isinstance(value, Tensor) else value):
+        raise ValueError(f"{name} must not be NaN")

@@ -18,7 +18,9 @@ Example::
 
 Schedules compose: ``sequence`` runs schedules one after another, ``chain`` (or ``a * b``)
 multiplies them, ``warmup`` puts a warmup in front of any schedule and ``c * schedule`` scales one.
-Each object supports ``__call__``, ``values``, ``momentum``/``momentum_values`` (where defined),
+A composition nests at most :data:`MAX_DEPTH` (256) levels, a leaf schedule being one level;
+deeper ones raise ``ValueError`` when built (or read by :func:`from_dict`). Each object supports
+``__call__``, ``values``, ``momentum``/``momentum_values`` (where defined),
 ``to_dict``/``from_dict`` (JSON-safe), equality, hashing and pickling.
 """
 
@@ -36,6 +38,7 @@ import numpy as np
 from pylr import _core
 
 __all__ = [
+    "MAX_DEPTH",
     "Chain",
     "Constant",
     "Cosine",
@@ -63,6 +66,15 @@ __all__ = [
 
 _INF = math.inf
 
+MAX_DEPTH: int = _core.MAX_SCHEDULE_DEPTH
+"""The deepest composition a schedule may be, in levels (a leaf is one level):
+``warmup(0.5 * Cosine(...))`` is three. The C++ evaluation recurses once per level; the bound
+keeps that, ``repr``, pickling and ``to_dict``/``from_dict`` well inside Python's default
+recursion limit."""
+
+# Integer arguments are step counts, which the C++ core holds as doubles: exact up to 2**53.
+_MAX_COUNT = 2**53
+
 # Node kinds; must match ScheduleKind in csrc/schedule.hpp.
 _CONSTANT, _STEP, _MULTISTEP, _EXPONENTIAL, _LINEAR, _POLYNOMIAL, _COSINE = range(7)
 _WARM_RESTARTS, _CYCLIC, _ONE_CYCLE, _INVERSE_SQRT, _WSD, _WARMUP_COSINE = range(7, 13)
@@ -78,6 +90,12 @@ _WARMUP_MODES = ("linear", "constant", "exponential")
 # Argument checks: one place for every message, so that every schedule words them the same way.
 
 
+class NotFiniteError(ValueError, OverflowError):
+    """An argument that is infinite or too large for a double. A ``ValueError`` like every other
+    bad value, and an ``OverflowError`` as Python's ``float()`` (and torch, for an infinite
+    ``last_epoch``) raise for it."""
+
+
 def _real(
     name: str,
     value: Any,
@@ -90,9 +108,16 @@ def _real(
     """Return ``value`` as a finite float, or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v):
+    try:
+        v = float(value)
+    except OverflowError:
+        raise NotFiniteError(
+            f"{name} must be finite, got a number too large for a double"
+        ) from None
+    if math.isnan(v):
         raise ValueError(f"{name} must be finite, got {v}")
+    if math.isinf(v):
+        raise NotFiniteError(f"{name} must be finite, got {v}")
     if gt is not None and not v > gt:
         raise ValueError(f"{name} must be > {gt}, got {v}")
     if ge is not None and not v >= ge:
@@ -105,13 +130,21 @@ def _real(
 
 
 def _int(name: str, value: Any, *, ge: int = 0) -> int:
-    """Return ``value`` as an int >= ``ge``, or raise naming ``name``."""
+    """Return ``value`` as an int in ``[ge, 2**53]`` (a count of steps, exact as a double), or raise
+    naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     v = int(value)
     if v < ge:
         raise ValueError(f"{name} must be >= {ge}, got {v}")
+    if v > _MAX_COUNT:
+        raise NotFiniteError(f"{name} must be <= 2**53 = {_MAX_COUNT}, got {_short(v)}")
     return v
+
+
+def _short(v: int) -> str:
+    """An int for a message: its digits, or its size in bits when they are too many to read."""
+    return str(v) if v.bit_length() <= 200 else f"an integer of {v.bit_length()} bits"
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -148,10 +181,40 @@ def _milestones(name: str, value: Any, *, strict: bool) -> tuple[int, ...]:
 
 
 def _steps_array(steps: Any) -> np.ndarray:
-    arr = np.asarray(steps, dtype=np.float64)
+    try:
+        arr = np.asarray(steps, dtype=np.float64)
+    except OverflowError:
+        raise NotFiniteError("steps must be finite and >= 0") from None
     if arr.size and not (arr.min() >= 0.0 and arr.max() < _INF):
         raise ValueError("steps must be finite and >= 0")
     return arr
+
+
+def _step(step: Any) -> float:
+    """One step for ``__call__``/``momentum``: a number (a float, int, numpy or 0-d torch scalar)
+    that is finite and >= 0."""
+    if isinstance(step, (str, bytes)):
+        raise TypeError(f"step must be a number, got {type(step).__name__}")
+    try:
+        t = float(step)
+    except OverflowError:
+        t = _INF
+    except (TypeError, ValueError):
+        raise TypeError(f"step must be a number, got {type(step).__name__}") from None
+    if not 0.0 <= t < _INF:
+        shown = _short(step) if isinstance(step, int) else repr(step)
+        raise ValueError(f"step must be finite and >= 0, got {shown}")
+    return t
+
+
+def _nest(what: str, children: Iterable[Schedule]) -> None:
+    """Refuse a composition deeper than MAX_DEPTH before it is built."""
+    depth = 1 + max(c._node.depth for c in children)
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"{what} would nest {depth} levels deep; schedules nest at most "
+            f"pylr.schedules.MAX_DEPTH = {MAX_DEPTH} levels"
+        )
 
 
 def _is_count(steps: Any) -> bool:
@@ -168,13 +231,18 @@ class Schedule:
     """Base class: an immutable schedule evaluated in closed form by pylr's C++ core.
 
     Subclasses list their constructor arguments in ``_fields`` (in positional order), validate
-    them in ``__init__`` and build the C++ node in ``_build``. Everything else — evaluation,
-    equality, hashing, repr, pickling, ``to_dict`` — is shared.
+    them in ``__init__`` (a combinator also checks the nesting depth with ``_nest``) and build the
+    C++ node in ``_build``. Everything else — evaluation, equality, hashing, repr, pickling,
+    ``to_dict`` — is shared. Each of those visits a composition's levels by direct recursion, one
+    Python frame (two where a level holds a list) per level, which ``MAX_DEPTH`` keeps bounded.
     """
 
-    __slots__ = ("_node",)
+    __slots__ = ("_hash", "_ident", "_node")
     _fields: ClassVar[tuple[str, ...]] = ()
     _node: Any
+    # the type's name and the fields, children by their own _ident: compared as plain tuples
+    _ident: tuple[Any, ...]
+    _hash: int
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,6 +254,22 @@ class Schedule:
         for name, value in fields.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_node", self._build())
+        ident: list[Any] = [type(self).__name__]
+        hashed: list[Any] = [type(self).__name__]
+        for name in self._fields:
+            v = getattr(self, name)
+            if isinstance(v, Schedule):
+                ident.append(v._ident)
+                hashed.append(v._hash)
+            elif isinstance(v, tuple) and v and isinstance(v[0], Schedule):
+                ident.append(tuple(c._ident for c in v))
+                hashed.append(tuple(c._hash for c in v))
+            else:
+                ident.append(v)
+                hashed.append(v)
+        object.__setattr__(self, "_ident", tuple(ident))
+        # from the children's hashes, so hashing never walks the tree
+        object.__setattr__(self, "_hash", hash(tuple(hashed)))
 
     def _build(self) -> Any:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
@@ -200,12 +284,7 @@ class Schedule:
 
     def __call__(self, step: float) -> float:
         """The value at ``step`` (an int or float >= 0)."""
-        try:
-            if 0 <= step < _INF:
-                return self._node.value(step)
-        except TypeError:
-            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
-        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+        return self._node.value(_step(step))
 
     def values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Values at many steps in one C++ call: ``steps`` is a count ``n`` (steps ``0..n-1``)
@@ -222,12 +301,7 @@ class Schedule:
     def momentum(self, step: float) -> float:
         """The momentum (or Adam beta1) at ``step``, where the schedule defines one."""
         self._require_momentum()
-        try:
-            if 0 <= step < _INF:
-                return self._node.momentum(step)
-        except TypeError:
-            raise TypeError(f"step must be a number, got {type(step).__name__}") from None
-        raise ValueError(f"step must be finite and >= 0, got {step!r}")
+        return self._node.momentum(_step(step))
 
     def momentum_values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Momentum at many steps; ``steps`` as in :meth:`values`."""
@@ -242,6 +316,11 @@ class Schedule:
 
     # -- composition -------------------------------------------------------------------------
 
+    @property
+    def depth(self) -> int:
+        """Levels of composition, 1 for a leaf schedule (at most :data:`MAX_DEPTH`)."""
+        return self._node.depth
+
     def __mul__(self, other: Any) -> Schedule:
         if isinstance(other, Schedule):
             return Chain([self, other])
@@ -253,19 +332,22 @@ class Schedule:
 
     # -- identity and serialisation ----------------------------------------------------------
 
-    def _key(self) -> tuple[Any, ...]:
-        return (type(self).__name__, *(getattr(self, f) for f in self._fields))
-
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
             return NotImplemented
-        return self._key() == other._key()
+        return self._hash == other._hash and self._ident == other._ident
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return self._hash
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), tuple(getattr(self, f) for f in self._fields))
+
+    def __copy__(self) -> Schedule:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Schedule:
+        return self  # immutable: nothing to copy, and no walk down a deep composition
 
     def __repr__(self) -> str:
         defaults = _defaults(type(self))
@@ -274,23 +356,31 @@ class Schedule:
             v = getattr(self, f)
             if f in defaults and defaults[f] == v and type(defaults[f]) is type(v):
                 continue
-            parts.append(f"{f}={list(v) if isinstance(v, tuple) else v!r}")
+            # x.__repr__() rather than repr(x), and a loop rather than a comprehension: one
+            # Python frame per level of composition
+            if isinstance(v, tuple):
+                items = []
+                for x in v:
+                    items.append(x.__repr__())
+                parts.append(f"{f}=[{', '.join(items)}]")
+            else:
+                parts.append(f"{f}={v.__repr__()}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict; :func:`from_dict` rebuilds an equal schedule from it."""
         out: dict[str, Any] = {"type": type(self).__name__}
         for f in self._fields:
-            out[f] = _to_plain(getattr(self, f))
+            v = getattr(self, f)
+            if isinstance(v, Schedule):
+                v = v.to_dict()
+            elif isinstance(v, tuple):
+                items = []
+                for x in v:  # a loop, not a comprehension: one frame per level
+                    items.append(x.to_dict() if isinstance(x, Schedule) else x)
+                v = items
+            out[f] = v
         return out
-
-
-def _to_plain(v: Any) -> Any:
-    if isinstance(v, Schedule):
-        return v.to_dict()
-    if isinstance(v, tuple):
-        return [_to_plain(x) for x in v]
-    return v
 
 
 _DEFAULTS_CACHE: dict[type, dict[str, Any]] = {}
@@ -306,24 +396,39 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any]) -> Schedule:
-    """Rebuild a schedule from :meth:`Schedule.to_dict` output (e.g. after ``json.loads``)."""
+    """Rebuild a schedule from :meth:`Schedule.to_dict` output (e.g. after ``json.loads``).
+
+    A spec nested deeper than :data:`MAX_DEPTH` raises ``ValueError`` before its inner levels are
+    read, however deep it goes.
+    """
+    return _from_dict(d, 1)
+
+
+def _from_dict(d: Any, depth: int) -> Schedule:
     if not isinstance(d, dict):
         raise TypeError(f"schedule spec must be a dict, got {type(d).__name__}")
+    if depth > MAX_DEPTH:
+        raise ValueError(
+            f"schedule spec nests more than pylr.schedules.MAX_DEPTH = {MAX_DEPTH} levels"
+        )
     kind = d.get("type")
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown schedule type {kind!r}; expected one of {sorted(_REGISTRY)}")
     unknown = set(d) - {"type", *cls._fields}
     if unknown:
-        raise ValueError(f"{kind} got unknown fields {sorted(unknown)}")
+        raise ValueError(f"{kind} got unknown fields {sorted(unknown, key=repr)}")
     kwargs = {k: v for k, v in d.items() if k != "type"}
     if "schedule" in kwargs:
-        kwargs["schedule"] = from_dict(kwargs["schedule"])
+        kwargs["schedule"] = _from_dict(kwargs["schedule"], depth + 1)
     if "schedules" in kwargs:
         specs = kwargs["schedules"]
         if not isinstance(specs, list):
             raise TypeError(f"{kind}.schedules must be a list, got {type(specs).__name__}")
-        kwargs["schedules"] = [from_dict(s) for s in specs]
+        parts = []
+        for spec in specs:  # a loop, not a comprehension: one frame per level
+            parts.append(_from_dict(spec, depth + 1))
+        kwargs["schedules"] = parts
     return cls(**kwargs)
 
 
@@ -532,6 +637,8 @@ class Cyclic(Schedule):
     ) -> None:
         up = _real("step_size_up", step_size_up, gt=0.0)
         down = up if step_size_down is None else _real("step_size_down", step_size_down, gt=0.0)
+        if not math.isfinite(up + down):
+            raise NotFiniteError(f"step_size_up + step_size_down must be finite, got {up} + {down}")
         self._set(
             base_lr=_real("base_lr", base_lr),
             max_lr=_real("max_lr", max_lr),
@@ -903,6 +1010,7 @@ class Sequence(Schedule):
                 f"milestones must have one entry fewer than schedules, got {len(marks)} "
                 f"milestones for {len(parts)} schedules"
             )
+        _nest("Sequence", parts)
         self._set(schedules=parts, milestones=marks)
 
     def _build(self) -> Any:
@@ -918,7 +1026,9 @@ class Chain(Schedule):
     _fields = ("schedules",)
 
     def __init__(self, schedules: Iterable[Schedule]) -> None:
-        self._set(schedules=_schedule_list("schedules", schedules))
+        parts = _schedule_list("schedules", schedules)
+        _nest("Chain", parts)
+        self._set(schedules=parts)
 
     def _build(self) -> Any:
         return _node(_PRODUCT, [], (), self.schedules)
@@ -942,8 +1052,10 @@ class Warmup(Schedule):
         start = _real("start_factor", start_factor, ge=0.0, le=1.0)
         if how != "linear" and start == 0.0:
             raise ValueError(f"start_factor must be > 0 for {how} warmup, got {start}")
+        inner = _schedule("schedule", schedule)
+        _nest("Warmup", [inner])
         self._set(
-            schedule=_schedule("schedule", schedule),
+            schedule=inner,
             steps=_int("steps", steps, ge=1),
             mode=how,
             start_factor=start,
@@ -965,7 +1077,9 @@ class Scaled(Schedule):
     _fields = ("schedule", "factor")
 
     def __init__(self, schedule: Schedule, factor: float) -> None:
-        self._set(schedule=_schedule("schedule", schedule), factor=_real("factor", factor))
+        inner = _schedule("schedule", schedule)
+        _nest("Scaled", [inner])
+        self._set(schedule=inner, factor=_real("factor", factor))
 
     def _build(self) -> Any:
         return _node(_SCALE, [self.factor], (), [self.schedule])

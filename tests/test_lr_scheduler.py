@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+import subprocess
+import sys
+import textwrap
 import warnings
+from collections import Counter
+from typing import Any
 
 import pytest
 import torch
@@ -393,6 +399,19 @@ def test_schedule_lr_relative_absolute_and_momentum():
         P.ScheduleLR(make_opt(), [3, 4])
 
 
+def test_schedule_lr_refuses_a_factor_too_deep_to_scale_before_touching_the_optimizer():
+    deepest = S.Constant(1.0)
+    for _ in range(S.MAX_DEPTH - 1):
+        deepest = 1.0 * deepest
+    opt = make_opt()
+    before = copy.deepcopy(opt.param_groups)
+    with pytest.raises(ValueError, match=r"at most pylr\.schedules\.MAX_DEPTH - 1 = 255"):
+        P.ScheduleLR(opt, deepest)
+    assert str(opt.param_groups) == str(before)
+    P.ScheduleLR(opt, deepest.schedule)  # 255 levels
+    P.ScheduleLR(opt, [deepest, deepest])  # absolute lrs: not scaled
+
+
 def test_hand_edited_lr_is_overwritten_by_the_closed_form():
     opt = make_opt()
     sched = P.ExponentialLR(opt, gamma=0.5)
@@ -451,3 +470,478 @@ def test_negative_epoch_for_warm_restarts():
     sched = P.CosineAnnealingWarmRestarts(make_opt(), T_0=5)
     with pytest.raises(ValueError, match="non-negative epoch"):
         sched.step(-1)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad values through every path: constructors, step(epoch) and load_state_dict check before they
+# evaluate, and a rejected load leaves the scheduler as it was.
+
+
+def test_bad_warm_restart_states_raise_instead_of_hanging():
+    """These reached a C++ loop that never ended, holding the GIL. A fresh interpreter runs them
+    so that a regression fails here instead of stopping the suite; the timeout only detects a
+    hang (each case takes milliseconds)."""
+    code = textwrap.dedent(
+        """
+        import math, torch
+        from pylr import lr_scheduler as P, schedules as S
+
+        def opt():
+            return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+        for key, value in [("T_mult", 0), ("T_0", 0), ("last_epoch", math.inf),
+                           ("last_epoch", math.nan), ("T_cur", math.inf), ("T_i", 0)]:
+            s = P.CosineAnnealingWarmRestarts(opt(), T_0=3, T_mult=2)
+            for _ in range(5):  # past T_0, where the restart walk begins
+                s.step()
+            state = s.state_dict()
+            state[key] = value
+            try:
+                s.load_state_dict(state)
+                s.step()
+                print("accepted", key)
+            except ValueError as e:
+                print("ValueError", key in str(e))
+        o = opt()
+        o.param_groups[0]["initial_lr"] = 0.1
+        try:
+            P.ScheduleLR(o, S.CosineWarmRestarts(10, 2), last_epoch=math.inf)
+            print("accepted last_epoch")
+        except ValueError as e:
+            print("ValueError", "last_epoch" in str(e))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:-1] == ["ValueError True"] * 7
+
+
+def opt_with_initial_lr() -> torch.optim.Optimizer:
+    opt = make_opt()
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+        group.update(max_lr=0.1, min_lr=1e-5, max_momentum=0.95, base_momentum=0.85)
+    return opt
+
+
+BUILDERS = {
+    "StepLR": lambda o, **kw: P.StepLR(o, step_size=3, **kw),
+    "MultiStepLR": lambda o, **kw: P.MultiStepLR(o, milestones=[2, 5], **kw),
+    "ConstantLR": lambda o, **kw: P.ConstantLR(o, factor=0.5, total_iters=4, **kw),
+    "LinearLR": lambda o, **kw: P.LinearLR(o, total_iters=6, **kw),
+    "ExponentialLR": lambda o, **kw: P.ExponentialLR(o, gamma=0.9, **kw),
+    "PolynomialLR": lambda o, **kw: P.PolynomialLR(o, total_iters=6, power=2.0, **kw),
+    "CosineAnnealingLR": lambda o, **kw: P.CosineAnnealingLR(o, T_max=5, **kw),
+    "CosineAnnealingWarmRestarts": lambda o, **kw: P.CosineAnnealingWarmRestarts(
+        o, T_0=3, T_mult=2, **kw
+    ),
+    "CyclicLR": lambda o, **kw: P.CyclicLR(o, 0.01, 0.1, step_size_up=2, **kw),
+    "OneCycleLR": lambda o, **kw: P.OneCycleLR(o, 0.1, total_steps=20, **kw),
+    "ScheduleLR": lambda o, **kw: P.ScheduleLR(o, S.OneCycle(1.0, 50), **kw),
+    "LambdaLR": lambda o, **kw: P.LambdaLR(o, lambda e: 0.9**e, **kw),
+    "MultiplicativeLR": lambda o, **kw: P.MultiplicativeLR(o, lambda e: 0.9, **kw),
+    "SequentialLR": lambda o, **kw: P.SequentialLR(
+        o, [P.LinearLR(o, total_iters=3), P.StepLR(o, step_size=2)], milestones=[3], **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize(
+    ("last_epoch", "exc"),
+    [
+        (math.inf, OverflowError),  # what torch's warm restarts raise; a ValueError too
+        (-math.inf, ValueError),
+        (math.nan, ValueError),
+        (-5, ValueError),
+        (2**60, ValueError),
+        (10**400, ValueError),
+        ("3", TypeError),
+    ],
+)
+def test_bad_last_epoch_raises_before_anything_changes(name, last_epoch, exc):
+    opt = opt_with_initial_lr()
+    before = copy.deepcopy(opt.param_groups)
+    with pytest.raises(exc, match="last_epoch") as info:
+        BUILDERS[name](opt, last_epoch=last_epoch)
+    assert isinstance(info.value, (ValueError, TypeError))
+    assert str(opt.param_groups) == str(before)
+
+
+def test_infinite_last_epoch_raises_overflow_error_like_torch():
+    opt = opt_with_initial_lr()
+    with pytest.raises(OverflowError):
+        T.CosineAnnealingWarmRestarts(opt, T_0=3, last_epoch=math.inf)
+    with pytest.raises(OverflowError):
+        P.CosineAnnealingWarmRestarts(opt, T_0=3, last_epoch=math.inf)
+
+
+TAKE_AN_EPOCH = [n for n in BUILDERS if n not in ("LambdaLR", "MultiplicativeLR", "SequentialLR")]
+
+
+@pytest.mark.parametrize("name", TAKE_AN_EPOCH)
+@pytest.mark.parametrize("epoch", [math.nan, math.inf, -1, 10**400])
+def test_bad_step_epoch_raises_before_anything_changes(name, epoch):
+    sched = BUILDERS[name](make_opt())
+    sched.step()
+    state = copy.deepcopy(sched.state_dict())
+    lrs = [g["lr"] for g in sched.optimizer.param_groups]
+    with pytest.raises(ValueError, match="epoch"):
+        sched.step(epoch)
+    assert sched.state_dict() == state and [g["lr"] for g in sched.optimizer.param_groups] == lrs
+
+
+# (scheduler, key, bad value, what the message names)
+BAD_STATES = [
+    ("CosineAnnealingWarmRestarts", "T_0", 0, "['T_0'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_0", -3, "['T_0'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_0", 2.5, "['T_0'] must be an integer"),
+    ("CosineAnnealingWarmRestarts", "T_mult", 0, "['T_mult'] must be >= 1"),
+    ("CosineAnnealingWarmRestarts", "T_mult", 0.5, "['T_mult'] must be an integer"),
+    ("CosineAnnealingWarmRestarts", "T_i", 0, "['T_i'] must be > 0"),
+    ("CosineAnnealingWarmRestarts", "T_cur", math.nan, "['T_cur'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "eta_min", math.inf, "['eta_min'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", -5, "['last_epoch'] must be >= -1"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", math.inf, "['last_epoch'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", math.nan, "['last_epoch'] must be finite"),
+    ("CosineAnnealingWarmRestarts", "last_epoch", "7", "['last_epoch'] must be a real number"),
+    ("StepLR", "step_size", 0, "['step_size'] must be >= 1"),
+    ("StepLR", "gamma", -1.0, "['gamma'] must be > 0"),
+    ("StepLR", "last_epoch", 10**400, "['last_epoch'] must be finite"),
+    ("StepLR", "base_lrs", [math.nan, 0.1], "['base_lrs'][0] must be finite"),
+    ("StepLR", "base_lrs", [0.1, 0.1, 0.1], "['base_lrs'] has 3 entries, more than"),
+    ("StepLR", "base_lrs", "0.1", "['base_lrs'] must be a list"),
+    ("StepLR", "_step_count", -1, "['_step_count'] must be >= 0"),
+    ("StepLR", "_held_lrs", {5: 0.1}, "['_held_lrs'] has key 5"),
+    ("MultiStepLR", "milestones", [5, 2], "['milestones'] must be a Counter"),
+    ("MultiStepLR", "milestones", Counter({-1: 1}), "['milestones'] key must be >= 0"),
+    ("MultiStepLR", "milestones", Counter({5: 10**9}), "['milestones'] counts 1000000000"),
+    ("MultiStepLR", "gamma", math.nan, "['gamma'] must be finite"),
+    ("ConstantLR", "factor", 2.0, "['factor'] must be <= 1"),
+    ("ConstantLR", "total_iters", -1, "['total_iters'] must be >= 0"),
+    ("LinearLR", "start_factor", 0.0, "['start_factor'] must be > 0"),
+    ("LinearLR", "end_factor", 2.0, "['end_factor'] must be <= 1"),
+    ("LinearLR", "total_iters", 0, "['total_iters'] must be >= 1"),
+    ("ExponentialLR", "gamma", 0.0, "['gamma'] must be > 0"),
+    ("PolynomialLR", "power", -1.0, "['power'] must be >= 0"),
+    ("PolynomialLR", "total_iters", 0, "['total_iters'] must be >= 1"),
+    ("CosineAnnealingLR", "T_max", 0, "['T_max'] must be > 0"),
+    ("CosineAnnealingLR", "eta_min", math.nan, "['eta_min'] must be finite"),
+    ("CyclicLR", "total_size", 0.0, "['total_size'] must be > 0"),
+    ("CyclicLR", "step_ratio", 1.5, "['step_ratio'] must be < 1"),
+    ("CyclicLR", "mode", "sideways", "['mode'] must be one of"),
+    ("CyclicLR", "max_lrs", [0.1], "['max_lrs'] must have 2 entries"),
+    ("CyclicLR", "base_momentums", [math.nan, 0.8], "['base_momentums'][0] must be finite"),
+    ("CyclicLR", "scale_mode", "daily", "['scale_mode'] must be one of"),
+    ("CyclicLR", "cycle_momentum", "yes", "['cycle_momentum'] must be True or False"),
+    ("CyclicLR", "_scale_fn_custom", 3, "['_scale_fn_custom'] must be None or a dict"),
+    ("OneCycleLR", "total_steps", 0, "['total_steps'] must be >= 1"),
+    ("OneCycleLR", "_anneal_func_type", "cosh", "['_anneal_func_type'] must be one of"),
+    ("OneCycleLR", "_schedule_phases", [], "['_schedule_phases'] must be a list of 2 or 3"),
+    (
+        "OneCycleLR",
+        "_schedule_phases",
+        [{"end_step": 0.0}, {"end_step": 19}],
+        "['_schedule_phases'][0] has zero length",
+    ),
+    ("OneCycleLR", "last_epoch", 21, "['last_epoch'] is 21, past"),
+    ("ScheduleLR", "_relative", "yes", "['_relative'] must be True or False"),
+    ("ScheduleLR", "last_epoch", math.nan, "['last_epoch'] must be finite"),
+    ("LambdaLR", "lr_lambdas", [None], "['lr_lambdas'] must have 2 entries"),
+    ("LambdaLR", "lr_lambdas", [3, None], "['lr_lambdas'][0] must be None or a dict"),
+    ("LambdaLR", "last_epoch", math.inf, "['last_epoch'] must be finite"),
+    ("MultiplicativeLR", "base_lrs", [math.inf, 0.1], "['base_lrs'][0] must be finite"),
+    ("SequentialLR", "_milestones", [3, 1], "['_milestones'] must be increasing"),
+    ("SequentialLR", "_milestones", [3, 5], "['_milestones'] must have 1 entries"),
+    ("SequentialLR", "last_epoch", -9, "['last_epoch'] must be >= -1"),
+]
+
+
+def _bad_state(name: str, key: str, value: Any) -> tuple[Any, dict[str, Any]]:
+    sched = BUILDERS[name](make_opt())
+    for _ in range(3):
+        sched.step()
+    state = sched.state_dict()
+    state[key] = value
+    return sched, state
+
+
+@pytest.mark.parametrize(("name", "key", "value", "match"), BAD_STATES)
+def test_bad_state_dict_values_are_refused_and_change_nothing(name, key, value, match):
+    sched, bad = _bad_state(name, key, value)
+    twin, _ = _bad_state(name, key, value)
+    before = copy.deepcopy(sched.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict" + match)):
+        sched.load_state_dict(bad)
+    assert sched.state_dict().keys() == before.keys()
+    assert str(sched.state_dict()) == str(before)
+    for _ in range(5):  # and it goes on exactly like one that never saw the bad state
+        sched.step()
+        twin.step()
+        assert sched.get_last_lr() == twin.get_last_lr()
+        assert group_state(sched.optimizer) == group_state(twin.optimizer)
+
+
+def test_nested_states_are_checked_before_anything_loads():
+    opt = make_opt()
+    seq = BUILDERS["SequentialLR"](opt)
+    seq.step()
+    state = seq.state_dict()
+    state["_schedulers"] = copy.deepcopy(state["_schedulers"])
+    state["_schedulers"][1]["step_size"] = 0
+    state["last_epoch"] = 2
+    before = str(seq.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'][1]['step_size']")):
+        seq.load_state_dict(state)
+    assert str(seq.state_dict()) == before  # the first member was not loaded either
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'] must have 2")):
+        seq.load_state_dict({**seq.state_dict(), "_schedulers": [state["_schedulers"][0]]})
+    with pytest.raises(ValueError, match="lacks '_schedulers'"):
+        seq.load_state_dict({k: v for k, v in seq.state_dict().items() if k != "_schedulers"})
+
+    chained = P.ChainedScheduler([P.StepLR(opt, 2), P.ExponentialLR(opt, 0.9)])
+    state = chained.state_dict()
+    state["_schedulers"][1] = {**state["_schedulers"][1], "gamma": -1.0}
+    with pytest.raises(ValueError, match=re.escape("state_dict['_schedulers'][1]['gamma']")):
+        chained.load_state_dict(state)
+    with pytest.raises(ValueError, match=re.escape("state_dict['_group_bases'][1] must be fin")):
+        chained.load_state_dict({**chained.state_dict(), "_group_bases": [0.1, math.nan]})
+
+    warm = P.LinearLR(opt, total_iters=2)
+    plateau = P.ReduceLROnPlateau(opt)
+    seq = P.SequentialLR(opt, [warm, plateau], milestones=[2])
+    state = seq.state_dict()
+    state["_plateau_state"] = {**state["_plateau_state"], "mode": "sideways"}
+    with pytest.raises(ValueError, match=re.escape("state_dict['_plateau_state']['mode']")):
+        seq.load_state_dict(state)
+    assert plateau.mode == "min"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("mode", "sideways", "['mode'] must be one of"),
+        ("threshold_mode", "both", "['threshold_mode'] must be one of"),
+        ("factor", 1.5, "['factor'] must be < 1"),
+        ("patience", -1, "['patience'] must be >= 0"),
+        ("best", math.nan, "['best'] must not be NaN"),
+        ("min_lrs", [-1.0, 0.0], "['min_lrs'][0] must be >= 0"),
+        ("cooldown_counter", 2.5, "['cooldown_counter'] must be an integer"),
+    ],
+)
+def test_plateau_state_is_checked_before_it_loads(key, value, match):
+    """torch's own load raises for a bad mode only after it changed the scheduler."""
+    sched = P.ReduceLROnPlateau(make_opt())
+    sched.step(1.0)
+    before = copy.deepcopy(sched.state_dict())
+    with pytest.raises(ValueError, match=re.escape("state_dict" + match)):
+        sched.load_state_dict({**sched.state_dict(), key: value})
+    assert sched.state_dict() == before
+
+
+def test_state_dict_must_be_a_dict():
+    sched = P.StepLR(make_opt(), 2)
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        sched.load_state_dict([("last_epoch", 3)])
+    with pytest.raises(ValueError, match="must not hold 'optimizer'"):
+        sched.load_state_dict({**sched.state_dict(), "optimizer": make_opt()})
+
+
+# ------------------------------------------------------------------------------------------
+# A param group added after the scheduler was built (optimizer.add_param_group)
+
+
+def add_group(opt: torch.optim.Optimizer, lr: float = 0.2, **keys: Any) -> None:
+    opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": lr, **keys})
+
+
+GROWING = [
+    ("StepLR", {"step_size": 3, "gamma": 0.5}),
+    ("MultiStepLR", {"milestones": [2, 5, 5, 9], "gamma": 0.5}),
+    ("ConstantLR", {"factor": 0.25, "total_iters": 6}),
+    ("LinearLR", {"start_factor": 0.1, "total_iters": 8}),
+    ("LinearLR", {"start_factor": 0.5, "end_factor": 0.0, "total_iters": 4}),
+    ("ExponentialLR", {"gamma": 0.9}),
+    ("PolynomialLR", {"total_iters": 8, "power": 2.0}),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), GROWING, ids=[f"{n}-{k}" for n, k in GROWING])
+@pytest.mark.parametrize("added_at", [0, 1, 4, 10])
+def test_a_group_added_later_follows_torch(name, kwargs, added_at):
+    """The new group's lr is taken from the group and carried forward by the schedule, as
+    torch's chainable form does — past the end of a decay to 0 it stays as it was."""
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = getattr(T, name)(opt_t, **kwargs), getattr(P, name)(opt_p, **kwargs)
+    for step in range(30):
+        if step == added_at:
+            add_group(opt_t)
+            add_group(opt_p)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"{name} step {step}")
+        ref.step()
+        ours.step()
+    assert len(ours.base_lrs) == 3
+
+
+def test_a_state_dict_with_an_added_group_round_trips():
+    opt = make_opt()
+    sched = P.StepLR(opt, step_size=2, gamma=0.5)
+    sched.step()
+    early = copy.deepcopy(sched.state_dict())
+    taken = sched.state_dict()
+    add_group(opt, lr=0.4)
+    for _ in range(3):
+        sched.step()
+    assert taken == early  # adopting the group did not alter a state dict taken before
+    state = sched.state_dict()
+    assert state["base_lrs"] == pytest.approx([0.1, 0.03, 0.4])
+    opt2 = make_opt()
+    add_group(opt2)
+    again = P.StepLR(opt2, step_size=2, gamma=0.5)
+    again.load_state_dict(copy.deepcopy(state))
+    for _ in range(6):
+        sched.step()
+        again.step()
+        assert group_state(opt2) == group_state(opt)
+    # a state with fewer base lrs than groups adopts the rest; one with more is refused
+    with pytest.raises(ValueError, match=re.escape("['base_lrs'] has 3 entries, more than")):
+        P.StepLR(make_opt(), 2).load_state_dict(copy.deepcopy(state))
+
+
+def test_a_group_held_past_the_end_of_a_decay_survives_a_state_dict():
+    opt = make_opt()
+    sched = P.PolynomialLR(opt, total_iters=3)
+    for _ in range(5):
+        sched.step()
+    add_group(opt, lr=0.25)
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.0, 0.0, 0.25]
+    opt2 = make_opt()
+    add_group(opt2, lr=0.25)
+    again = P.PolynomialLR(opt2, total_iters=3)
+    again.load_state_dict(sched.state_dict())
+    again.step()
+    assert [g["lr"] for g in opt2.param_groups] == [0.0, 0.0, 0.25]
+
+
+def test_one_cycle_drives_an_added_group_that_has_its_keys_like_torch():
+    opt_t, opt_p = make_opt(), make_opt()
+    ref = T.OneCycleLR(opt_t, max_lr=0.1, total_steps=40)
+    ours = P.OneCycleLR(opt_p, max_lr=0.1, total_steps=40)
+    keys = {"initial_lr": 0.02, "max_lr": 0.5, "min_lr": 1e-4, "max_momentum": 0.9}
+    keys["base_momentum"] = 0.8
+    for step in range(40):
+        if step == 5:
+            add_group(opt_t, **keys)
+            add_group(opt_p, **keys)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_one_cycle_names_the_added_group_and_the_keys_it_lacks():
+    opt_t, opt_p = make_opt(), make_opt()
+    ref = T.OneCycleLR(opt_t, max_lr=0.1, total_steps=40)
+    ours = P.OneCycleLR(opt_p, max_lr=0.1, total_steps=40)
+    add_group(opt_t)
+    add_group(opt_p, initial_lr=0.01)
+    with pytest.raises(KeyError):
+        ref.step()
+    state = copy.deepcopy(ours.state_dict())
+    with pytest.raises(KeyError) as info:
+        ours.step()
+    message = str(info.value)
+    assert "param_groups[2]" in message and "'initial_lr'" not in message
+    assert "'max_lr', 'min_lr', 'max_momentum', 'base_momentum'" in message
+    assert ours.state_dict() == state  # nothing moved
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("CosineAnnealingLR", {"T_max": 5}),
+        ("CosineAnnealingWarmRestarts", {"T_0": 3, "T_mult": 2}),
+        ("CyclicLR", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}),
+    ],
+)
+def test_schedulers_that_need_per_group_values_refuse_an_added_group_like_torch(name, kwargs):
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = getattr(T, name)(opt_t, **kwargs), getattr(P, name)(opt_p, **kwargs)
+    add_group(opt_t)
+    add_group(opt_p)
+    with pytest.raises(ValueError):  # torch: zip() at the first step that reads base_lrs
+        for _ in range(12):
+            ref.step()
+    lrs = [g["lr"] for g in opt_p.param_groups]
+    with pytest.raises(ValueError, match=r"cannot drive param_groups\[2\], which was added"):
+        ours.step()
+    assert [g["lr"] for g in opt_p.param_groups] == lrs and ours.last_epoch == 0
+
+
+def test_schedule_lr_adopts_an_added_group_when_relative():
+    opt = make_opt()
+    s = S.warmup(S.Cosine(T_max=40), steps=4)
+    sched = P.ScheduleLR(opt, s)
+    add_group(opt, lr=0.3)  # at step 0, where the warmup's factor is 0: 0.3 is its initial lr
+    for t in range(1, 10):
+        sched.step()
+        assert opt.param_groups[2]["lr"] == pytest.approx(0.3 * s(t), rel=1e-15)
+    add_group(opt, lr=0.5)  # at step 9: carried forward from there
+    for t in range(10, 30):
+        sched.step()
+        assert opt.param_groups[3]["lr"] == pytest.approx(0.5 * s(t) / s(9), rel=1e-14)
+
+    opt = make_opt()
+    sched = P.ScheduleLR(opt, [S.Constant(0.1), S.Constant(0.2)])
+    add_group(opt)
+    with pytest.raises(ValueError, match=r"param_groups\[2\], added .* has none"):
+        sched.step()
+
+
+def test_chained_scheduler_with_an_added_group_follows_torch():
+    def build(mod, opt):
+        return mod.ChainedScheduler(
+            [
+                mod.ConstantLR(opt, factor=0.5, total_iters=3),
+                mod.ExponentialLR(opt, gamma=0.9),
+                mod.StepLR(opt, step_size=4, gamma=0.5),
+            ]
+        )
+
+    opt_t, opt_p = make_opt(), make_opt()
+    ref, ours = build(T, opt_t), build(P, opt_p)
+    for step in range(20):
+        if step == 2:
+            add_group(opt_t)
+            add_group(opt_p)
+        assert_same(group_state(opt_t), group_state(opt_p), 1e-12, f"step {step}")
+        ref.step()
+        ours.step()
+
+
+def test_sequential_scheduler_carries_an_added_group_across_a_milestone():
+    opt = make_opt()
+    warm = P.LinearLR(opt, start_factor=0.1, total_iters=5)
+    decay = P.ExponentialLR(opt, gamma=0.9)
+    sched = P.SequentialLR(opt, [warm, decay], milestones=[5])
+    sched.step()
+    add_group(opt, lr=0.3)
+    lrs = []
+    for _ in range(8):
+        sched.step()
+        lrs.append(opt.param_groups[2]["lr"])
+    # during the warmup: the linear ratios; at the milestone the decay takes the group from where
+    # it stands; after it, x0.9 a step
+    assert lrs[0] == pytest.approx(0.3 * (0.1 + 0.9 * 2 / 5) / (0.1 + 0.9 / 5))
+    assert lrs[3] == pytest.approx(lrs[2])
+    assert lrs[4:] == pytest.approx([lrs[3] * 0.9**k for k in range(1, 5)])
+
+
+def test_a_removed_group_is_a_clear_error():
+    opt = make_opt()
+    sched = P.StepLR(opt, 2)
+    del opt.param_groups[1]
+    with pytest.raises(ValueError, match="2 base lrs but the optimizer has only 1 param group"):
+        sched.step()
