@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -615,3 +616,29 @@ def test_every_instruction_set_computes_the_same(isa):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == isa
+
+
+def test_torch_compile_takes_the_step_as_a_silent_graph_break():
+    """Dynamo cannot trace the C++ step; it must run it eagerly without a warning per call."""
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        opt = PO.AdamW(model.parameters(), lr=1e-2)
+
+        def train_step(x, model=model, opt=opt):
+            loss = model(x).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            return loss.detach()
+
+        fn = torch.compile(train_step, backend="eager") if compiled else train_step
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for i in range(3):
+                fn(torch.randn(16, 8, generator=torch.Generator().manual_seed(i)))
+        assert [str(w.message) for w in seen] == []
+        results.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b)
