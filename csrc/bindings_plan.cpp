@@ -345,7 +345,14 @@ class PlanProof {
         Py_ssize_t pos = 0;
         std::size_t k = 0;
         PyObject *key = nullptr, *value = nullptr;
+        // a second cursor a few entries ahead prefetches the per-param dicts
+        Py_ssize_t ahead_pos = 0;
+        PyObject *ahead_key = nullptr, *ahead_value = nullptr;
+        for (std::int64_t i = 0; i < kPrefetchAhead; ++i) {
+            if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) prefetch(ahead_value);
+        }
         while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
+            if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) prefetch(ahead_value);
             std::int64_t r = -1;
             if (k < expected_keys_.size() && key == expected_keys_[k]) {
                 r = expected_rows_[k];
@@ -367,19 +374,11 @@ class PlanProof {
         return found == rows_with_state_;
     }
 
-    // The row's parameter layout as the plan saw it: the same bytes (element count times the
-    // row's element size) and, beyond one element, the same strides — for a grad of a
-    // contiguous parameter, contiguity (cheaper to read, and with equal element counts the
-    // same element order).
-    bool same_layout(std::int64_t r, PyObject* t, const std::int64_t* row, bool grad) const {
-        const std::int64_t n = row[kColNumel];
-        std::int64_t bytes = 0;
-        if (!read_int(get_attribute(tensor_api().nbytes, t), &bytes) ||
-            bytes != n * itemsize_[static_cast<std::size_t>(r)]) {
-            return false;
-        }
-        if (n <= 1) return true;  // strides of a tensor of one element do not matter
-        if (grad && contiguous_[static_cast<std::size_t>(r)]) {
+    // The row's layout as the plan saw it, beyond one element: contiguity where the parameter
+    // was contiguous (with equal sizes, the same element order), its strides otherwise.
+    bool same_order(std::int64_t r, PyObject* t, const std::int64_t* row) const {
+        if (row[kColNumel] <= 1) return true;  // the strides of one element do not matter
+        if (contiguous_[static_cast<std::size_t>(r)]) {
             PyObject* c = call_method(tensor_api().is_contiguous, t);
             if (c == nullptr) return false;
             Py_DECREF(c);
@@ -398,26 +397,37 @@ class PlanProof {
         return same;
     }
 
+    // The row's size in bytes as the plan saw it (element count times element size).
+    bool same_size(std::int64_t r, PyObject* t, const std::int64_t* row) const {
+        std::int64_t bytes = 0;
+        return read_int(get_attribute(tensor_api().nbytes, t), &bytes) &&
+               bytes == row[kColNumel] * itemsize_[static_cast<std::size_t>(r)];
+    }
+
+    // A param: the same object, data pointer, size and order. A state tensor: the same object
+    // and data pointer. A grad (often a new tensor each step, after zero_grad(set_to_none=True)):
+    // the parameter's order, and where its data pointer moved, the parameter's size, dtype and
+    // device before the table takes the new pointer over. (A new grad object at the old address
+    // has the parameter's size, dtype and device: torch checks them when a grad is assigned,
+    // and the parameter's size is proved just before.)
     bool prove(std::int64_t r, int c, PyObject* t, std::int64_t* row) {
         const Proof kind = proofs_[static_cast<std::size_t>(c)];
-        if (kind == Proof::None) return t == Py_None;
+        if (kind == Proof::None) return t == nullptr || t == Py_None;
         if (kind == Proof::Param || kind == Proof::State) {
             PyObject* cached = objects_[index(r, c)];
             if (cached == nullptr) return t == nullptr || t == Py_None;  // no tensor here
             if (t != cached) return false;  // replaced (a dead one has marked the proof stale)
             std::int64_t ptr = 0;
             if (!read_pointer(t, &ptr) || ptr != row[c]) return false;
-            return kind == Proof::State || same_layout(r, t, row, false);
+            return kind == Proof::State || (same_size(r, t, row) && same_order(r, t, row));
         }
-        // a grad: often a new tensor each step (zero_grad(set_to_none=True)); its pointer is
-        // taken over once it is shown to have the parameter's layout, dtype and device
-        if (t == Py_None) return false;
+        if (t == nullptr || t == Py_None) return false;
         std::int64_t ptr = 0;
-        if (!read_pointer(t, &ptr) || !same_layout(r, t, row, true)) return false;
+        if (!read_pointer(t, &ptr) || !same_order(r, t, row)) return false;
         if (ptr != row[c]) {
             const TensorApi& api = tensor_api();
             if (Py_TYPE(t) != api.tensor_type) return false;  // a subclass: the full checks
-            if (ptr == 0 && row[kColNumel] > 0) return false;
+            if (!same_size(r, t, row) || (ptr == 0 && row[kColNumel] > 0)) return false;
             PyObject* dtype = get_attribute(api.dtype, t);
             if (dtype == nullptr) return false;
             const bool same_dtype = dtype == dtypes_[static_cast<std::size_t>(r)];
