@@ -299,16 +299,22 @@ class PlanProof {
                 if (r + kPrefetchAhead < n_rows_) {
                     const std::size_t ahead = index(r + kPrefetchAhead, c);
                     prefetch(current_[ahead]);
-                    prefetch(lines_[ahead].impl);
-                    if (lines_[ahead].impl != nullptr) {
-                        prefetch(static_cast<const char*>(lines_[ahead].impl) + 64);
-                    }
-                    prefetch(lines_[ahead].storage);
+                    prefetch_tensor(ahead);
                 }
                 if (!prove(r, c, current_[index(r, c)], rows + r * kTableColumns)) return fail();
             }
         }
         return true;
+    }
+
+    // A cell's TensorImpl (its first two lines) and StorageImpl, as the plan saw them.
+    void prefetch_tensor(std::size_t cell) const {
+        const Lines& l = lines_[cell];
+        if (l.impl != nullptr) {
+            prefetch(l.impl);
+            prefetch(static_cast<const char*>(l.impl) + 64);
+        }
+        prefetch(l.storage);
     }
 
     // This call's tensors stay referenced while it reads them: a torch function mode could run
