@@ -2,9 +2,11 @@
 
 Schedules are evaluated in closed form in C++ (``pylr.schedules``) and drive any optimizer through
 drop-in replacements for ``torch.optim.lr_scheduler`` (``pylr.lr_scheduler``); ``pylr.optim`` has
-fused SGD/Adam/AdamW; ``lr_find``, ``fit`` and ``fit_one_cycle`` run the LR range test and train.
+fused SGD/Adam/AdamW (``pylr.functional`` the same steps on tensor lists); ``lr_find``, ``fit`` and
+``fit_one_cycle`` run the LR range test and train.
 
-Importing ``pylr`` does not import torch: the training helpers below load on first use.
+Importing ``pylr`` does not import torch: ``pylr.optim``, ``pylr.lr_scheduler``,
+``pylr.functional`` and the training helpers load on first use (``import pylr`` is enough).
 """
 
 from __future__ import annotations
@@ -45,27 +47,36 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_one_cycle",
+    "functional",
     "get_num_threads",
     "lr_find",
+    "lr_scheduler",
+    "optim",
     "plot_schedule",
     "schedules",
     "set_num_threads",
 ]
 
 
+# submodules that import torch, loaded on first access: `import pylr; pylr.optim.AdamW(...)`
+_SUBMODULES = ("functional", "lr_scheduler", "optim")
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"pylr.{name}")  # (the import binds it on the package)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'pylr' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 def set_num_threads(n: int) -> None:

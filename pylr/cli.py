@@ -195,6 +195,14 @@ class _UsageError(Exception):
         self.prog = prog
 
 
+_SPEC_HELP = (
+    "the schedule: an expression such as 'OneCycle(max_lr=0.1, total_steps=1000)' or "
+    "'warmup(Cosine(T_max=900, base_lr=0.1), steps=100)' (schedule classes of pylr.schedules, "
+    "sequence, chain, warmup, numbers, lists and *; parsed, never evaluated), or the JSON of "
+    "Schedule.to_dict()"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, except that an error reaches ``main`` (one line, exit 2) instead of printing the
     usage and exiting."""
@@ -207,11 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pylr", description="Closed-form learning-rate schedules and fused optimizers."
     )
+    from pylr import __version__
+
+    parser.add_argument("--version", action="version", version=f"pylr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("plot", help="plot a schedule to an image file")
-    p.add_argument(
-        "spec", help="JSON from to_dict() or e.g. 'OneCycle(max_lr=0.1, total_steps=1000)'"
-    )
+    p.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     p.add_argument(
         "--steps",
         type=_steps,
@@ -223,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", default="schedule.png", help="image path (default %(default)s)"
     )
     v = sub.add_parser("values", help="print step,lr[,momentum] as CSV")
-    v.add_argument("spec")
+    v.add_argument("spec", metavar="SPEC", help=_SPEC_HELP)
     v.add_argument(
         "--steps",
         type=_steps,

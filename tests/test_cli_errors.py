@@ -48,7 +48,7 @@ BAD_COMMANDS = [
     (["plot", "Constant(1)", "--steps", "10", "-o", "/missing-dir/x.png"], "/missing-dir/x.png"),
     (["values", "Constant(1)", "--steps", "3", "--nope"], "unrecognized arguments: --nope"),
     (["values", "Constant(1)"], "required: --steps (see 'pylr values --help')"),
-    (["values"], "required: spec, --steps"),
+    (["values"], "required: SPEC, --steps"),
     ([], "required: command (see 'pylr --help')"),
     (["nope"], "invalid choice: 'nope'"),
     (["demo", "--seed", "99999999999999999999999"], "argument --seed"),

@@ -40,6 +40,36 @@ def test_importing_schedules_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_import_pylr_is_enough_for_every_submodule():
+    """As with torch.optim: `import pylr` then pylr.optim / lr_scheduler / functional."""
+    code = (
+        "import sys, pylr\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.ones(2)\n"
+        "opt = pylr.optim.AdamW([p], lr=0.1)\n"
+        "sched = pylr.lr_scheduler.StepLR(opt, step_size=1)\n"
+        "opt.step(); sched.step()\n"
+        "assert callable(pylr.functional.adamw_) and 'optim' in dir(pylr)\n"
+        "print(opt.param_groups[0]['lr'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/"
+    )
+    assert abs(float(out.stdout) - 0.01) < 1e-12
+
+
+def test_version_flag():
+    out = subprocess.run(
+        [sys.executable, "-m", "pylr", "--version"], capture_output=True, text=True, cwd="/"
+    )
+    assert out.returncode == 0 and out.stdout.strip() == f"pylr {pylr.__version__}"
+    help_text = subprocess.run(
+        [sys.executable, "-m", "pylr", "values", "--help"], capture_output=True, text=True, cwd="/"
+    ).stdout
+    assert "SPEC" in help_text and "OneCycle(" in help_text and "to_dict" in help_text
+
+
 @pytest.mark.parametrize(
     ("kind", "params", "points", "children", "match"),
     [
