@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "optim/cpu.hpp"
+#include "optim/kernel_api.hpp"
 #include "parallel.hpp"
 #include "schedule.hpp"
 
@@ -87,15 +88,19 @@ py::array_t<double> fill_from_steps(const ScheduleNode& node, const StepArray& s
 using Table = py::array_t<std::int64_t, py::array::c_style>;
 using Groups = py::array_t<double, py::array::c_style>;
 
-// Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
-// here; pylr/functional.py built the table from validated tensors.
-template <typename Step>
-bool run_step(Step step, Table& table, const Groups& groups, int group_columns,
-              std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+void check_table(const Table& table) {
     if (table.ndim() != 2 || table.shape(1) != pylr::optim::kTableColumns || !table.writeable()) {
         throw py::value_error("table must be a writeable int64 array of shape (n, " +
                               std::to_string(pylr::optim::kTableColumns) + ")");
     }
+}
+
+// Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
+// here; pylr/_plan.py built the table from validated tensors.
+template <typename Step>
+bool run_step(Step step, Table& table, const Groups& groups, int group_columns,
+              std::uintptr_t grad_scale, std::uintptr_t found_inf, double grad_coef) {
+    check_table(table);
     if (groups.ndim() != 2 || groups.shape(1) != group_columns) {
         throw py::value_error("groups must be a float64 array of shape (g, " +
                               std::to_string(group_columns) + ")");
@@ -105,7 +110,7 @@ bool run_step(Step step, Table& table, const Groups& groups, int group_columns,
     const std::int64_t n = table.shape(0);
     py::gil_scoped_release release;
     return step(t, n, g, reinterpret_cast<const float*>(grad_scale),
-                reinterpret_cast<const float*>(found_inf));
+                reinterpret_cast<const float*>(found_inf), grad_coef);
 }
 
 py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool momentum) {
@@ -165,28 +170,57 @@ PYBIND11_MODULE(_core, m) {
         "(T_cur, T_i) of cosine annealing with warm restarts at step t.");
     m.def(
         "adam_step",
-        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+           double grad_coef) {
             return run_step(pylr::optim::adam_step, table, groups, pylr::optim::kAdamGroupColumns,
-                            grad_scale, found_inf);
+                            grad_scale, found_inf, grad_coef);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
-        py::arg("found_inf") = 0,
+        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0,
         "One Adam/AdamW step over a pointer table; False when skipped for found_inf.");
     m.def(
         "sgd_step",
-        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf) {
+        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+           double grad_coef) {
             return run_step(pylr::optim::sgd_step, table, groups, pylr::optim::kSgdGroupColumns,
-                            grad_scale, found_inf);
+                            grad_scale, found_inf, grad_coef);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
-        py::arg("found_inf") = 0,
+        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0,
         "One SGD step over a pointer table; False when skipped for found_inf.");
+    m.def(
+        "norm_chunks",
+        [](Table& table) {
+            check_table(table);
+            return pylr::optim::norm_chunks(table.data(), table.shape(0));
+        },
+        py::arg("table").noconvert(), "How many partial sums grad_norm needs for this table.");
+    m.def(
+        "grad_norm",
+        [](Table& table, int kind, double p,
+           py::array_t<double, py::array::c_style>& partials) {
+            check_table(table);
+            if (kind < 0 || kind > static_cast<int>(pylr::optim::NormKind::P)) {
+                throw py::value_error("unknown norm kind");
+            }
+            const std::int64_t n = table.shape(0);
+            if (partials.ndim() != 1 || !partials.writeable() ||
+                partials.shape(0) < pylr::optim::norm_chunks(table.data(), n)) {
+                throw py::value_error("partials must be a writeable float64 array of norm_chunks");
+            }
+            const std::int64_t* t = table.data();
+            double* part = partials.mutable_data();
+            py::gil_scoped_release release;
+            return pylr::optim::grad_norm(t, n, kind, p, part);
+        },
+        py::arg("table").noconvert(), py::arg("kind"), py::arg("p"),
+        py::arg("partials").noconvert(),
+        "The norm of all the table's grads (kind: NORM_TWO, NORM_ONE, NORM_INF, NORM_NEG_INF or "
+        "NORM_P with p).");
     m.def(
         "roofline_step",
         [](Table& table, int n_states) {
-            if (table.ndim() != 2 || table.shape(1) != pylr::optim::kTableColumns) {
-                throw py::value_error("bad table");
-            }
+            check_table(table);
             std::int64_t* t = table.mutable_data();
             const std::int64_t n = table.shape(0);
             py::gil_scoped_release release;
@@ -196,6 +230,13 @@ PYBIND11_MODULE(_core, m) {
         "Stream the bytes of a float32 step with trivial arithmetic (the bandwidth roofline).");
     m.def("kernel_isa", &pylr::optim::kernel_isa, "The SIMD instruction set of the kernels.");
     m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
+    // grad_norm's kinds (torch.linalg.vector_norm's ord)
+    using pylr::optim::NormKind;
+    m.attr("NORM_TWO") = static_cast<int>(NormKind::Two);
+    m.attr("NORM_ONE") = static_cast<int>(NormKind::One);
+    m.attr("NORM_INF") = static_cast<int>(NormKind::Inf);
+    m.attr("NORM_NEG_INF") = static_cast<int>(NormKind::NegInf);
+    m.attr("NORM_P") = static_cast<int>(NormKind::P);
     // the table's columns, by name (csrc/optim/cpu.hpp is their single source)
     m.attr("COL_PARAM") = static_cast<int>(pylr::optim::kColParam);
     m.attr("COL_GRAD") = static_cast<int>(pylr::optim::kColGrad);

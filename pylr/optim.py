@@ -21,6 +21,7 @@ Beyond torch:
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch.optim import Optimizer
 
-from pylr import _core
+from pylr import _core, _plan
 from pylr._plan import PointerTable, Proof, check_columns, scalar_value
 from pylr.functional import adam_group_row, check_hyper, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
@@ -46,6 +47,13 @@ except ImportError:  # pragma: no cover
     _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {}
 
 _threads_synced = False
+# clip_grad_norm_'s norm_type -> the C++ norm kind (any other p: NORM_P)
+_NORM_KINDS = {
+    2.0: _core.NORM_TWO,
+    1.0: _core.NORM_ONE,
+    math.inf: _core.NORM_INF,
+    -math.inf: _core.NORM_NEG_INF,
+}
 
 
 def _sync_threads() -> None:
@@ -70,9 +78,11 @@ class _Plan:
         "all_params",
         "flags",
         "fresh",
+        "grad_dtype",
         "group_params",
         "groups",
         "params",
+        "partials",
         "row_values",
         "table",
     )
@@ -95,6 +105,9 @@ class _Plan:
         self.row_values: list[tuple | None] = [None] * len(group_params)
         # SGD: new momentum buffers, (param, buffer), to enter the state once a step filled them
         self.fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # clip_grad_norm_: its scratch (one double per chunk) and the dtype torch's norm has
+        self.partials: np.ndarray | None = None
+        self.grad_dtype = functools.reduce(torch.promote_types, {p.dtype for p in params})
 
 
 class _FusedOptimizer(Optimizer):
@@ -114,6 +127,8 @@ class _FusedOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._step_supports_amp_scaling = True
         self._plan: _Plan | None = None
+        # the pending clip_grad_norm_ coefficient, folded into the next step's grads
+        self._grad_coef = 1.0
         self._attach_schedule(schedule)
         _sync_threads()
 
@@ -191,6 +206,7 @@ class _FusedOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plan = None
+        self._grad_coef = 1.0
         for group in self.param_groups:
             group.setdefault("schedule", None)
             group.setdefault("schedule_step", 0)
@@ -230,11 +246,14 @@ class _FusedOptimizer(Optimizer):
         self._apply_schedules()
         plan = self._current_plan()
         if plan is None:
+            self._grad_coef = 1.0
             return loss
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # a clip_grad_norm_ coefficient belongs to this step's grads, taken or skipped
+        coef, self._grad_coef = self._grad_coef, 1.0
         ok = self._run(
-            plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
+            plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf"), coef
         )
         if ok:
             # autograd's version counters guard tensors saved for backward: the params (the
@@ -245,6 +264,93 @@ class _FusedOptimizer(Optimizer):
                 if group["schedule"] is not None:
                     group["schedule_step"] += 1
         return loss
+
+    # -- gradient clipping, folded into the step ---------------------------------------------
+
+    def clip_grad_norm_(
+        self,
+        max_norm: float,
+        norm_type: float | str = 2.0,
+        error_if_nonfinite: bool = False,
+        foreach: bool | None = None,
+    ) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` over this optimizer's params that have grads,
+        folded into the next :meth:`step`.
+
+        Returns the total norm of the grads (viewed as one vector), as torch's does, computed in
+        one threaded pass in C++ (each chunk accumulated in double, chunks combined in a fixed
+        order). The grads are *not* rewritten: the next ``step()`` multiplies every grad by
+        ``min(1, max_norm / (total_norm + 1e-6))`` as it reads it, saving the pass that rewrites
+        them — so code that reads the grads between this call and ``step()`` sees them
+        unclipped (and grads changed in between are scaled too). Call it after
+        ``GradScaler.unscale_(optimizer)`` as with torch. ``zero_grad()`` and ``step()`` (taken
+        or skipped) drop a pending coefficient; a second call before the step clips further,
+        as torch's repeated clipping does. ``foreach`` is accepted for torch's signature.
+
+        Args:
+            max_norm: the largest total norm allowed (``inf``: compute the norm only).
+            norm_type: the p of the p-norm: any float, ``inf`` or ``-inf`` (also as strings).
+            error_if_nonfinite: raise RuntimeError when the total norm is NaN or infinite
+                (nothing changes then); otherwise the step's grads are scaled by the
+                non-finite coefficient, as torch's clipping does.
+        """
+        del foreach
+        if isinstance(max_norm, torch.Tensor):
+            max_norm = max_norm.item()
+        try:
+            limit = float(max_norm)
+            p = float(norm_type)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"max_norm and norm_type must be numbers, got {max_norm!r} and {norm_type!r}"
+            ) from None
+        if not limit >= 0:
+            raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
+        if p != p:
+            raise ValueError("norm_type must not be NaN")
+        plan = self._current_plan()
+        if plan is None:
+            return torch.tensor(0.0)
+        pending = self._grad_coef
+        if p == 0:
+            # torch's 0-"norm" of the per-tensor norms: how many grads have a nonzero element
+            norm = float(sum(bool(g.count_nonzero()) for g in self._grads_of(plan)))
+            if pending == 0:
+                norm = 0.0
+        else:
+            if (p < 0 or p == math.inf) and (plan.table.table[:, _plan.COL_NUMEL] == 0).any():
+                # as torch: a max or a negative power over no elements has no identity
+                raise RuntimeError(
+                    f"clip_grad_norm_ cannot compute the {p} norm over an empty grad because "
+                    "the operation does not have an identity"
+                )
+            if plan.partials is None:
+                plan.partials = np.empty(max(1, _core.norm_chunks(plan.table.table)))
+            kind = _NORM_KINDS.get(p, _core.NORM_P)
+            # the grads the step will use: a pending coefficient scales them
+            norm = _core.grad_norm(plan.table.table, kind, p, plan.partials) * pending
+        total = torch.tensor(norm, dtype=plan.grad_dtype)
+        if error_if_nonfinite and not math.isfinite(norm):
+            raise RuntimeError(
+                f"The total norm of order {p} for gradients from `parameters` is non-finite, "
+                "so it cannot be clipped. To disable this error and scale the gradients by the "
+                "non-finite norm anyway, set `error_if_nonfinite=False`"
+            )
+        # torch's arithmetic, in the norm's dtype: max_norm * (1 / (total + 1e-6)), clamped
+        wide = np.float64 if plan.grad_dtype == torch.float64 else np.float32
+        with np.errstate(all="ignore"):
+            coef = wide(1) / (wide(total.item()) + wide(1e-6)) * wide(limit)
+        self._grad_coef = pending * float(min(coef, wide(1)))
+        return total
+
+    @staticmethod
+    def _grads_of(plan: _Plan) -> list[torch.Tensor]:
+        return [p.grad for p in plan.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; also drops a pending ``clip_grad_norm_`` coefficient."""
+        self._grad_coef = 1.0
+        super().zero_grad(set_to_none)
 
     # -- the plan contract -------------------------------------------------------------------
 
@@ -534,8 +640,8 @@ class Adam(_FusedOptimizer):
         if group["betas"][0] != value:
             group["betas"] = (value, beta2)
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
-        return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf)
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> bool:
+        return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf, coef)
 
     def _after_step(self, plan: _Plan) -> None:
         pass
@@ -679,8 +785,8 @@ class SGD(_FusedOptimizer):
         plan.fresh = fresh
         return plan
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int) -> bool:
-        return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf)
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> bool:
+        return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf, coef)
 
     def _after_step(self, plan: _Plan) -> None:
         # new buffers enter the state only once a step has filled them

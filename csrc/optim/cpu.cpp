@@ -20,6 +20,8 @@ constexpr std::int64_t kParallelMin = 1 << 14;
 constexpr std::int64_t kChunkElements = 1 << 15;
 // Chunk boundaries fall on multiples of this many elements (a 64-byte line of float32).
 constexpr std::int64_t kAlign = 16;
+// The gradient norm sums chunks of this many elements, whatever the thread count.
+constexpr std::int64_t kNormChunk = 1 << 16;
 
 // PYLR_KERNELS=generic|avx2|avx512 narrows the choice (for tests and comparisons); a set the CPU
 // lacks is never taken.
@@ -58,13 +60,41 @@ inline T* ptr(const std::int64_t* r, int col) {
     return reinterpret_cast<T*>(static_cast<std::intptr_t>(r[col]));
 }
 
+// The elements of all rows, one after another.
+inline std::int64_t total_elements(const std::int64_t* table, std::int64_t n_rows) {
+    if (n_rows == 0) return 0;
+    const std::int64_t* last = row(table, n_rows - 1);
+    return last[kColOffset] + last[kColNumel];
+}
+
+// Runs visit(row_index, begin, end) over every tensor segment of the elements [begin, end) of
+// the concatenated rows (begin and end relative to each row's start).
+template <typename Visit>
+void visit_range(const std::int64_t* table, std::int64_t n_rows, std::int64_t begin,
+                 std::int64_t end, Visit& visit) {
+    if (begin >= end) return;
+    // the first row whose range reaches past `begin` (binary search on the prefix sums)
+    std::int64_t lo = 0, hi = n_rows - 1;
+    while (lo < hi) {
+        const std::int64_t mid = (lo + hi + 1) / 2;
+        if (row(table, mid)[kColOffset] <= begin) lo = mid; else hi = mid - 1;
+    }
+    for (std::int64_t i = lo; i < n_rows && begin < end; ++i) {
+        const std::int64_t* r = row(table, i);
+        const std::int64_t t_begin = r[kColOffset], t_end = t_begin + r[kColNumel];
+        if (t_end <= begin) continue;
+        const std::int64_t seg_end = std::min(end, t_end);
+        visit(i, begin - t_begin, seg_end - t_begin);
+        begin = seg_end;
+    }
+}
+
 // Runs visit(row_index, begin, end) over every tensor segment of the element range of each
 // chunk; chunks are cut regardless of tensor boundaries and spread over the pool.
 template <typename Visit>
 void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit) {
     if (n_rows == 0) return;
-    const std::int64_t* last = row(table, n_rows - 1);
-    const std::int64_t total = last[kColOffset] + last[kColNumel];
+    const std::int64_t total = total_elements(table, n_rows);
     const std::int64_t threads = get_num_threads();
     // a multiple of the thread count, so that equal shares stay possible
     const std::int64_t per_thread = std::min<std::int64_t>(
@@ -72,24 +102,10 @@ void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visi
     const std::int64_t n_chunks = total < kParallelMin || threads == 1 ? 1 : threads * per_thread;
     auto run_chunk = [&](std::size_t c) {
         const auto ci = static_cast<std::int64_t>(c);
-        std::int64_t begin = ci == 0 ? 0 : (total * ci / n_chunks) / kAlign * kAlign;
+        const std::int64_t begin = ci == 0 ? 0 : (total * ci / n_chunks) / kAlign * kAlign;
         const std::int64_t end =
             ci + 1 == n_chunks ? total : (total * (ci + 1) / n_chunks) / kAlign * kAlign;
-        if (begin >= end) return;
-        // the first row whose range reaches past `begin` (binary search on the prefix sums)
-        std::int64_t lo = 0, hi = n_rows - 1;
-        while (lo < hi) {
-            const std::int64_t mid = (lo + hi + 1) / 2;
-            if (row(table, mid)[kColOffset] <= begin) lo = mid; else hi = mid - 1;
-        }
-        for (std::int64_t i = lo; i < n_rows && begin < end; ++i) {
-            const std::int64_t* r = row(table, i);
-            const std::int64_t t_begin = r[kColOffset], t_end = t_begin + r[kColNumel];
-            if (t_end <= begin) continue;
-            const std::int64_t seg_end = std::min(end, t_end);
-            visit(i, begin - t_begin, seg_end - t_begin);
-            begin = seg_end;
-        }
+        visit_range(table, n_rows, begin, end, visit);
     };
     if (n_chunks == 1) {
         run_chunk(0);
@@ -117,11 +133,12 @@ const char* kernel_isa() noexcept {
 }
 
 bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-               const float* grad_scale, const float* found_inf) noexcept {
+               const float* grad_scale, const float* found_inf, double grad_coef) noexcept {
     if (found_inf != nullptr && *found_inf != 0.0f) return false;
     // step_t += 1, once per tensor, before any thread reads it
     for (std::int64_t i = 0; i < n_rows; ++i) *ptr<float>(row(table, i), kColStep) += 1.0f;
-    const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+    const double inv_scale =
+        (grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0) * grad_coef;
     const auto adam = kernels().adam;
     for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
         const std::int64_t* r = row(table, i);
@@ -157,9 +174,10 @@ bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
 }
 
 bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-              const float* grad_scale, const float* found_inf) noexcept {
+              const float* grad_scale, const float* found_inf, double grad_coef) noexcept {
     if (found_inf != nullptr && *found_inf != 0.0f) return false;
-    const double inv_scale = grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0;
+    const double inv_scale =
+        (grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0) * grad_coef;
     const auto sgd = kernels().sgd;
     for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
         const std::int64_t* r = row(table, i);
@@ -182,6 +200,55 @@ bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
     });
     for (std::int64_t i = 0; i < n_rows; ++i) table[i * kTableColumns + kColFirst] = 0;
     return true;
+}
+
+std::int64_t norm_chunks(const std::int64_t* table, std::int64_t n_rows) noexcept {
+    const std::int64_t total = total_elements(table, n_rows);
+    return (total + kNormChunk - 1) / kNormChunk;
+}
+
+double grad_norm(const std::int64_t* table, std::int64_t n_rows, int kind, double p,
+                 double* partials) noexcept {
+    const auto norm_kind = static_cast<NormKind>(kind);
+    const bool extremum = norm_kind == NormKind::Inf || norm_kind == NormKind::NegInf;
+    // max / min that keep a NaN, as torch's norms do
+    auto combine = [&](double a, double b) {
+        if (!extremum) return a + b;
+        if (a != a || b != b) return a != a ? a : b;
+        return norm_kind == NormKind::Inf ? std::max(a, b) : std::min(a, b);
+    };
+    const double empty = norm_kind == NormKind::NegInf ? HUGE_VAL : 0.0;
+    const std::int64_t total = total_elements(table, n_rows);
+    const std::int64_t n_chunks = norm_chunks(table, n_rows);
+    const auto norm = kernels().norm;
+    // fixed chunks, each summed in its own slot and the slots combined in order: the result does
+    // not depend on the thread count
+    auto run_chunk = [&](std::size_t c) {
+        const auto ci = static_cast<std::int64_t>(c);
+        double part = empty;
+        auto visit = [&](std::int64_t i, std::int64_t b, std::int64_t e) {
+            const std::int64_t* r = row(table, i);
+            const auto dtype = static_cast<DType>(r[kColDType]);
+            NormSegment seg{advance(ptr<void>(r, kColGrad), b, dtype), e - b, dtype, norm_kind, p};
+            part = combine(part, norm(seg));
+        };
+        visit_range(table, n_rows, ci * kNormChunk, std::min(total, (ci + 1) * kNormChunk), visit);
+        partials[c] = part;
+    };
+    if (n_chunks == 1) {
+        run_chunk(0);
+    } else if (n_chunks > 1) {
+        parallel_for(static_cast<std::size_t>(n_chunks), run_chunk,
+                     static_cast<std::size_t>(total) >= kWakeMinElements);
+    }
+    double sum = empty;
+    for (std::int64_t c = 0; c < n_chunks; ++c) sum = combine(sum, partials[c]);
+    if (total == 0) return 0.0;
+    switch (norm_kind) {
+        case NormKind::Two: return std::sqrt(sum);
+        case NormKind::P: return std::pow(sum, 1.0 / p);
+        default: return sum;
+    }
 }
 
 void roofline_step(std::int64_t* table, std::int64_t n_rows, int n_states) noexcept {

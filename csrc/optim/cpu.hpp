@@ -36,13 +36,23 @@ enum SgdGroupColumn : int {
 
 // One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates.
 // grad_scale / found_inf: AMP's 0-d float32 tensors or null. When *found_inf != 0 nothing is
-// modified (step counters included) and false is returned.
+// modified (step counters included) and false is returned. Every grad is read times grad_coef
+// (a gradient-clipping coefficient; 1 for none) and divided by *grad_scale.
 bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-               const float* grad_scale, const float* found_inf) noexcept;
+               const float* grad_scale, const float* found_inf, double grad_coef) noexcept;
 
-// One SGD step over all rows of `table`; same AMP contract. Clears kColFirst after the step.
+// One SGD step over all rows of `table`; same AMP and grad_coef contract. Clears kColFirst
+// after the step.
 bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-              const float* grad_scale, const float* found_inf) noexcept;
+              const float* grad_scale, const float* found_inf, double grad_coef) noexcept;
+
+// The gradient norm over every row (torch.linalg.vector_norm of all grads concatenated, as
+// torch.nn.utils.clip_grad_norm_ computes it): kind is a NormKind (p for NormKind::P). Fixed
+// chunks are reduced in double on the pool and combined in order, so the result is the same for
+// any thread count. partials must hold norm_chunks(table, n_rows) doubles.
+double grad_norm(const std::int64_t* table, std::int64_t n_rows, int kind, double p,
+                 double* partials) noexcept;
+std::int64_t norm_chunks(const std::int64_t* table, std::int64_t n_rows) noexcept;
 
 // A streaming kernel over the same float32 tensors and threads as a step, moving the same bytes
 // with no arithmetic to speak of: the memory-bandwidth roofline that benchmarks compare a step

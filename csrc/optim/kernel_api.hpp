@@ -45,9 +45,24 @@ struct SgdSegment {
     double lr;
 };
 
+// Which norm of the gradients (torch.linalg.vector_norm's ord): p = 2, 1, inf, -inf or any
+// other nonzero p (sum of |x|^p).
+enum class NormKind : int { Two = 0, One = 1, Inf = 2, NegInf = 3, P = 4 };
+
+struct NormSegment {
+    const void* grad;
+    std::int64_t n;
+    DType dtype;
+    NormKind kind;
+    double p;  // for NormKind::P
+};
+
 struct KernelTable {
     void (*adam)(const AdamSegment&);
     void (*sgd)(const SgdSegment&);
+    // The segment's part of the norm in double: sum of x*x, |x| or |x|^p, or the max / min of
+    // |x| (NaN propagates).
+    double (*norm)(const NormSegment&);
 };
 
 namespace generic {

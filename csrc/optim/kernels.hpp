@@ -7,6 +7,7 @@
 // math in math.hpp, and narrowed back with round-to-nearest-even.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -200,6 +201,62 @@ void sgd_dtype(const SgdSegment& seg) {
     }
 }
 
+// |x| reductions over one segment with eight independent double accumulators, so that the
+// compiler vectorises them without reassociating a single sum (the order, hence the result, is
+// the same for every instruction set). NaN propagates through max and min as through sums.
+template <typename S, NormKind Kind>
+double norm_loop(const S* __restrict g, std::int64_t n, double p) {
+    constexpr int kLanes = 8;
+    const bool extremum = Kind == NormKind::Inf || Kind == NormKind::NegInf;
+    double acc[kLanes];
+    for (int j = 0; j < kLanes; ++j) acc[j] = Kind == NormKind::NegInf ? HUGE_VAL : 0.0;
+    auto term = [p](double x) {
+        const double a = std::fabs(x);
+        switch (Kind) {
+            case NormKind::Two: return x * x;
+            case NormKind::P: return std::pow(a, p);
+            default: return a;
+        }
+    };
+    auto combine = [](double acc_j, double t) {
+        if (Kind == NormKind::Inf) return (t > acc_j || t != t) && acc_j == acc_j ? t : acc_j;
+        if (Kind == NormKind::NegInf) return (t < acc_j || t != t) && acc_j == acc_j ? t : acc_j;
+        return acc_j + t;
+    };
+    std::int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        for (int j = 0; j < kLanes; ++j) {
+            acc[j] = combine(acc[j], term(static_cast<double>(load(g[i + j]))));
+        }
+    }
+    for (int j = 0; i < n; ++i, ++j) acc[j] = combine(acc[j], term(static_cast<double>(load(g[i]))));
+    double total = acc[0];
+    for (int j = 1; j < kLanes; ++j) total = extremum ? combine(total, acc[j]) : total + acc[j];
+    return total;
+}
+
+template <typename S>
+double norm_dtype(const NormSegment& seg) {
+    const S* g = static_cast<const S*>(seg.grad);
+    switch (seg.kind) {
+        case NormKind::Two: return norm_loop<S, NormKind::Two>(g, seg.n, seg.p);
+        case NormKind::One: return norm_loop<S, NormKind::One>(g, seg.n, seg.p);
+        case NormKind::Inf: return norm_loop<S, NormKind::Inf>(g, seg.n, seg.p);
+        case NormKind::NegInf: return norm_loop<S, NormKind::NegInf>(g, seg.n, seg.p);
+        default: return norm_loop<S, NormKind::P>(g, seg.n, seg.p);
+    }
+}
+
+double norm_segment(const NormSegment& seg) {
+    switch (seg.dtype) {
+        case DType::Float64: return norm_dtype<double>(seg);
+        case DType::BFloat16: return norm_dtype<BFloat16>(seg);
+        case DType::Float16: return norm_dtype<Float16>(seg);
+        case DType::Float32:
+        default: return norm_dtype<float>(seg);
+    }
+}
+
 void adam_segment(const AdamSegment& seg) {
     switch (seg.dtype) {
         case DType::Float32: return adam_dtype<float>(seg);
@@ -220,7 +277,7 @@ void sgd_segment(const SgdSegment& seg) {
 
 }  // namespace
 
-const KernelTable kernels{&adam_segment, &sgd_segment};
+const KernelTable kernels{&adam_segment, &sgd_segment, &norm_segment};
 
 }  // namespace PYLR_KERNEL_NS
 }  // namespace optim
