@@ -230,6 +230,12 @@ PYBIND11_MODULE(_core, m) {
         "Stream the bytes of a float32 step with trivial arithmetic (the bandwidth roofline).");
     m.def("kernel_isa", &pylr::optim::kernel_isa, "The SIMD instruction set of the kernels.");
     m.attr("TABLE_COLUMNS") = static_cast<int>(pylr::optim::kTableColumns);
+    // the dtype codes of the table's kColDType / kColStateDType
+    using pylr::optim::DType;
+    m.attr("DTYPE_FLOAT32") = static_cast<int>(DType::Float32);
+    m.attr("DTYPE_FLOAT64") = static_cast<int>(DType::Float64);
+    m.attr("DTYPE_BFLOAT16") = static_cast<int>(DType::BFloat16);
+    m.attr("DTYPE_FLOAT16") = static_cast<int>(DType::Float16);
     // grad_norm's kinds (torch.linalg.vector_norm's ord)
     using pylr::optim::NormKind;
     m.attr("NORM_TWO") = static_cast<int>(NormKind::Two);
@@ -249,9 +255,12 @@ PYBIND11_MODULE(_core, m) {
     m.attr("COL_GROUP") = static_cast<int>(pylr::optim::kColGroup);
     m.attr("COL_OFFSET") = static_cast<int>(pylr::optim::kColOffset);
     m.attr("COL_FIRST") = static_cast<int>(pylr::optim::kColFirst);
+    m.attr("COL_STATE_DTYPE") = static_cast<int>(pylr::optim::kColStateDType);
+    m.attr("COL_SALT") = static_cast<int>(pylr::optim::kColSalt);
     bind_plan(m);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
+    m.attr("SGD_ROUNDING_STEP") = static_cast<int>(pylr::optim::kSgdRoundingStep);
     m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),
           "Wake idle pool threads ahead of a step over `elements` elements, if it is large "
           "enough to be worth it (returns at once).");

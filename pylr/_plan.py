@@ -30,8 +30,21 @@ from pylr import _core
 
 __all__ = ["DTYPE_CODES", "PointerTable", "Proof", "check_columns", "check_tensor"]
 
-# dtype codes of csrc/optim/kernel_api.hpp
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# dtype codes, read from the C++ core (csrc/optim/kernel_api.hpp's DType)
+DTYPE_CODES = {
+    torch.float32: _core.DTYPE_FLOAT32,
+    torch.float64: _core.DTYPE_FLOAT64,
+    torch.bfloat16: _core.DTYPE_BFLOAT16,
+    torch.float16: _core.DTYPE_FLOAT16,
+}
+# the dtypes optimizer state may have beside a parameter's own: float32 for half parameters,
+# bfloat16 for float32 and float16 ones (float64 parameters keep float64 state)
+STATE_DTYPES = {
+    torch.float32: (torch.float32, torch.bfloat16),
+    torch.float64: (torch.float64,),
+    torch.bfloat16: (torch.bfloat16, torch.float32),
+    torch.float16: (torch.float16, torch.float32, torch.bfloat16),
+}
 
 # table columns, read from the C++ core (csrc/optim/cpu.hpp's TableColumn)
 COL_PARAM = _core.COL_PARAM
@@ -43,6 +56,8 @@ COL_DTYPE = _core.COL_DTYPE
 COL_GROUP = _core.COL_GROUP
 COL_OFFSET = _core.COL_OFFSET
 COL_FIRST = _core.COL_FIRST
+COL_STATE_DTYPE = _core.COL_STATE_DTYPE
+COL_SALT = _core.COL_SALT
 
 Proof = _core.Proof
 
@@ -97,12 +112,13 @@ def _not_plain_memory(t: torch.Tensor) -> str | None:
     return None
 
 
-def check_tensor(label: str, t: Any, like: torch.Tensor | None = None) -> None:
+def check_tensor(label: str, t: Any, like: torch.Tensor | None = None, state: bool = False) -> None:
     """Raise a clear error naming ``label`` unless ``t`` is a tensor pylr's CPU kernels can
     update in place: plain, dense, real floating point, on the CPU, with enough storage.
 
-    ``like`` is the parameter that ``t`` (a gradient or state) must match in shape, dtype, device
-    and layout.
+    ``like`` is the parameter that ``t`` (a gradient or, with ``state``, optimizer state) must
+    match in shape, device and layout, and in dtype — a state may also have one of
+    ``STATE_DTYPES[like.dtype]``.
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
@@ -132,8 +148,12 @@ def check_tensor(label: str, t: Any, like: torch.Tensor | None = None) -> None:
         return
     if t.shape != like.shape:
         raise ValueError(f"{label} has shape {tuple(t.shape)}, the parameter {tuple(like.shape)}")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{label} has dtype {t.dtype}, the parameter {like.dtype}")
+    if t.dtype != like.dtype and not (state and t.dtype in STATE_DTYPES[like.dtype]):
+        allowed = STATE_DTYPES[like.dtype] if state else (like.dtype,)
+        names = " or ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(
+            f"{label} has dtype {t.dtype}; for a {like.dtype} parameter it must be {names}"
+        )
     if t.numel() > 1 and t.stride() != like.stride():
         raise ValueError(
             f"{label} has strides {t.stride()} but the parameter has {like.stride()}; pylr "
@@ -170,14 +190,23 @@ def check_columns(
             raise ValueError(f"{names[col]} has {len(tensors)} tensors for {len(params)} params")
     for i, p in enumerate(params):
         check_tensor(labels[i], p)
+        state_dtype = None
         for col in range(1, len(columns)):
             t = columns[col][i]
             if t is None:
                 continue
+            label = f"{labels[i]}: {names[col]}"
             if steps is not None and steps[col]:
-                check_step_counter(f"{labels[i]}: {names[col]}", t)
-            else:
-                check_tensor(f"{labels[i]}: {names[col]}", t, like=p)
+                check_step_counter(label, t)
+                continue
+            check_tensor(label, t, like=p, state=col >= 2)
+            if col >= 2:
+                if state_dtype is not None and t.dtype != state_dtype:
+                    raise TypeError(
+                        f"{label} has dtype {t.dtype} but the param's other state {state_dtype}; "
+                        "a param's state tensors must share one dtype"
+                    )
+                state_dtype = t.dtype
     _check_no_overlap(names, columns, labels, read_only=(1,))
 
 
@@ -245,6 +274,7 @@ class PointerTable:
         proofs: Sequence[Any],
         *,
         first_step: Sequence[bool] | None = None,
+        salts: Sequence[int] | None = None,
         state_keys: Sequence[str | None] | None = None,
         all_params: list[torch.Tensor] | None = None,
         state: dict[Any, Any] | None = None,
@@ -261,6 +291,14 @@ class PointerTable:
         table[:, COL_OFFSET] = np.cumsum([0, *numels[:-1]]) if n else []
         if first_step is not None:
             table[:, COL_FIRST] = first_step
+        # each row's state dtype: its state tensors' (they share one; check_columns checked),
+        # else the param's
+        state_cols = [c for c, kind in enumerate(proofs) if kind == Proof.STATE and c != COL_STEP]
+        table[:, COL_STATE_DTYPE] = [
+            DTYPE_CODES[next((t for c in state_cols if (t := columns[c][i]) is not None), p).dtype]
+            for i, p in enumerate(params)
+        ]
+        table[:, COL_SALT] = range(n) if salts is None else salts
         self.table = table
         self.numel = int(sum(numels))  # elements in the step
         keys = list(state_keys) if state_keys is not None else [None] * len(columns)

@@ -56,6 +56,13 @@ def check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None =
     return v
 
 
+def check_seed(name: str, value: Any) -> int:
+    """An integer in [0, 2**32): the seed of stochastic rounding's random bits."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return value
+
+
 def adam_group_row(
     lr: Any,
     betas: tuple[Any, Any],
@@ -64,6 +71,8 @@ def adam_group_row(
     amsgrad: bool,
     maximize: bool,
     decoupled: bool,
+    stochastic_rounding: bool = False,
+    rounding_seed: int = 0,
     *,
     beta_names: tuple[str, str] = ("betas[0]", "betas[1]"),
 ) -> list[float]:
@@ -77,11 +86,21 @@ def adam_group_row(
         float(bool(amsgrad)),
         float(bool(maximize)),
         float(bool(decoupled)),
+        float(bool(stochastic_rounding)),
+        float(check_seed("rounding_seed", rounding_seed)),
     ]
 
 
 def sgd_group_row(
-    lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: bool, maximize: bool
+    lr: Any,
+    momentum: Any,
+    dampening: Any,
+    weight_decay: Any,
+    nesterov: bool,
+    maximize: bool,
+    stochastic_rounding: bool = False,
+    rounding_seed: int = 0,
+    rounding_step: int = 0,
 ) -> list[float]:
     """One checked row of SGD scalars, in csrc/optim/cpu.hpp's SgdGroupColumn order."""
     if nesterov and (momentum <= 0 or dampening != 0):
@@ -93,6 +112,9 @@ def sgd_group_row(
         check_hyper("weight_decay", weight_decay),
         float(bool(nesterov)),
         float(bool(maximize)),
+        float(bool(stochastic_rounding)),
+        float(check_seed("rounding_seed", rounding_seed)),
+        float(check_seed("rounding_step", rounding_step % 2**32)),
     ]
 
 
@@ -159,12 +181,18 @@ def adam_(
     decoupled_weight_decay: bool = False,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    stochastic_rounding: bool = False,
+    rounding_seed: int = 0,
 ) -> bool:
     """One Adam step over all tensors, in place; the formula is in the module docstring.
 
     ``state_steps`` are 1-element float32 tensors (torch's ``state["step"]``), incremented here.
-    ``max_exp_avg_sqs`` is needed only with ``amsgrad``. Returns False when AMP's ``found_inf`` is
-    set, in which case nothing (step counters included) was modified.
+    ``max_exp_avg_sqs`` is needed only with ``amsgrad``. The states may be float32 or bfloat16
+    beside float32 or half params (see ``pylr.optim``'s ``state_dtype``); with
+    ``stochastic_rounding`` bfloat16 states are rounded stochastically, the random bits a hash
+    of (``rounding_seed``, the tensor's position in the lists, its step, the element). Returns
+    False when AMP's ``found_inf`` is set, in which case nothing (step counters included) was
+    modified.
     """
     groups = np.array(
         [
@@ -176,6 +204,8 @@ def adam_(
                 amsgrad,
                 maximize,
                 decoupled_weight_decay,
+                stochastic_rounding,
+                rounding_seed,
                 beta_names=("beta1", "beta2"),
             )
         ],
@@ -219,6 +249,8 @@ def adamw_(
     maximize: bool = False,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    stochastic_rounding: bool = False,
+    rounding_seed: int = 0,
 ) -> bool:
     """One AdamW step (Adam with decoupled weight decay ``p *= 1 - lr * weight_decay``)."""
     return adam_(
@@ -238,6 +270,8 @@ def adamw_(
         decoupled_weight_decay=True,
         grad_scale=grad_scale,
         found_inf=found_inf,
+        stochastic_rounding=stochastic_rounding,
+        rounding_seed=rounding_seed,
     )
 
 
@@ -254,15 +288,33 @@ def sgd_(
     maximize: bool = False,
     grad_scale: torch.Tensor | None = None,
     found_inf: torch.Tensor | None = None,
+    stochastic_rounding: bool = False,
+    rounding_seed: int = 0,
+    rounding_step: int = 0,
 ) -> bool:
     """One SGD step over all tensors, in place; the formula is in the module docstring.
 
     With ``momentum != 0``, a ``None`` in ``momentum_buffer_list`` gets a new buffer (written into
     the list, as torch's functional ``sgd`` does) that takes the gradient on this first step.
-    Returns False when AMP's ``found_inf`` is set (nothing modified).
+    Buffers may be float32 or bfloat16 beside float32 or half params; with
+    ``stochastic_rounding`` bfloat16 buffers are rounded stochastically (pass a new
+    ``rounding_step`` at each step: SGD keeps no step count). Returns False when AMP's
+    ``found_inf`` is set (nothing modified).
     """
     groups = np.array(
-        [sgd_group_row(lr, momentum, dampening, weight_decay, nesterov, maximize)],
+        [
+            sgd_group_row(
+                lr,
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov,
+                maximize,
+                stochastic_rounding,
+                rounding_seed,
+                rounding_step,
+            )
+        ],
         dtype=np.float64,
     )
     n = len(params)

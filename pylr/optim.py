@@ -32,8 +32,8 @@ import torch
 from torch.optim import Optimizer
 
 from pylr import _core, _plan
-from pylr._plan import PointerTable, Proof, check_columns, scalar_value
-from pylr.functional import adam_group_row, check_hyper, scalar_ptr, sgd_group_row
+from pylr._plan import STATE_DTYPES, PointerTable, Proof, check_columns, scalar_value
+from pylr.functional import adam_group_row, check_hyper, check_seed, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -64,6 +64,15 @@ def _sync_threads() -> None:
     if not _threads_synced and not pylr._threads_set_by_user:
         _core.set_num_threads(max(1, torch.get_num_threads()))
     _threads_synced = True
+
+
+def _check_state_options(state_dtype: Any, rounding_seed: Any) -> None:
+    if state_dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(
+            f"state_dtype must be None (the params' dtype), torch.float32 or torch.bfloat16, "
+            f"got {state_dtype!r}"
+        )
+    check_seed("rounding_seed", rounding_seed)
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -202,6 +211,7 @@ class _FusedOptimizer(Optimizer):
             step = state.get("step")
             if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
                 state["step"] = step.to(torch.float32)
+        self._convert_loaded_state()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -213,7 +223,36 @@ class _FusedOptimizer(Optimizer):
             self._init_group_defaults(group)
 
     def _init_group_defaults(self, group: dict[str, Any]) -> None:
-        pass
+        group.setdefault("state_dtype", None)
+        group.setdefault("rounding_seed", 0)
+
+    def _state_dtype(self, p: torch.Tensor, gi: int, label: str) -> torch.dtype:
+        """The dtype new state for ``p`` (in group ``gi``) is created with."""
+        want = self.param_groups[gi]["state_dtype"]
+        if want is None:
+            return p.dtype
+        if want not in STATE_DTYPES[p.dtype]:
+            raise TypeError(
+                f"{label}: param_groups[{gi}]['state_dtype'] is {want}, which a {p.dtype} "
+                "parameter cannot use; float32 and bfloat16 params can keep bfloat16 state, "
+                "half params float32 state"
+            )
+        return want
+
+    def _convert_loaded_state(self) -> None:
+        """After load_state_dict: state in each group's ``state_dtype`` where one is set (torch's
+        loading casts state to the param's dtype first)."""
+        for group in self.param_groups:
+            want = group.get("state_dtype")
+            if want is None:
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state or want not in STATE_DTYPES.get(p.dtype, ()):
+                    continue
+                for k, v in list(state.items()):
+                    if k != "step" and isinstance(v, torch.Tensor) and v.dtype != want:
+                        state[k] = v.to(want)
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -412,11 +451,14 @@ class _FusedOptimizer(Optimizer):
     ) -> _Plan:
         group_params = [list(g["params"]) for g in self.param_groups]
         all_params = [p for g in group_params for p in g]
+        # stochastic rounding's per-tensor salt: the param's place among all of them
+        place = {id(p): i for i, p in enumerate(all_params)}
         table = PointerTable(
             columns,
             rows,
             proofs,
             first_step=first_step,
+            salts=[place[id(p)] for p in columns[0]],
             state_keys=state_keys,
             all_params=all_params,
             state=self.state,
@@ -501,8 +543,14 @@ class Adam(_FusedOptimizer):
         "amsgrad",
         "maximize",
         "decoupled_weight_decay",
+        "state_dtype",
+        "rounding_seed",
     )
-    _group_row = staticmethod(adam_group_row)
+
+    @staticmethod
+    def _group_row(*values: Any) -> list[float]:
+        *hyper, state_dtype, seed = values
+        return adam_group_row(*hyper, state_dtype == torch.bfloat16, seed)
 
     def __init__(
         self,
@@ -520,9 +568,12 @@ class Adam(_FusedOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         schedule: Schedule | Sequence[Schedule | None] | None = None,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int = 0,
     ) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
+        _check_state_options(state_dtype, rounding_seed)
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 <= eps:
@@ -554,10 +605,13 @@ class Adam(_FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            "state_dtype": state_dtype,
+            "rounding_seed": rounding_seed,
         }
         super().__init__(params, defaults, schedule)
 
     def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        super()._init_group_defaults(group)
         group.setdefault("amsgrad", False)
         group.setdefault("maximize", False)
         group.setdefault("decoupled_weight_decay", False)
@@ -610,18 +664,23 @@ class Adam(_FusedOptimizer):
         ]
         names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
         check_columns(names, columns, labels, steps=(False,) * 5 + (True,))
-        # every check passed: create or convert state, then check the new tensors' memory
+        new_dtypes = [
+            self._state_dtype(p, r, label) if s is None else None
+            for p, r, label, s in zip(params, rows, labels, existing, strict=True)
+        ]
+        # every check passed: create or convert state
         for i, (p, r) in enumerate(zip(params, rows, strict=True)):
             state = self.state[p]
             if existing[i] is None:
                 state.clear()
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                zeros = functools.partial(
+                    torch.zeros_like, p, dtype=new_dtypes[i], memory_format=torch.preserve_format
+                )
+                state["exp_avg"] = zeros()
+                state["exp_avg_sq"] = zeros()
                 if amsgrad[r]:
-                    state["max_exp_avg_sq"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
+                    state["max_exp_avg_sq"] = zeros()
             elif columns[5][i] is None:
                 state["step"] = state["step"].to("cpu", torch.float32)
             columns[2][i] = state["exp_avg"]
@@ -665,6 +724,8 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
         schedule: Schedule | Sequence[Schedule | None] | None = None,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -680,6 +741,8 @@ class AdamW(Adam):
             fused=fused,
             decoupled_weight_decay=True,
             schedule=schedule,
+            state_dtype=state_dtype,
+            rounding_seed=rounding_seed,
         )
 
     def _init_group_defaults(self, group: dict[str, Any]) -> None:
@@ -699,8 +762,21 @@ class SGD(_FusedOptimizer):
     """
 
     _group_columns = _core.SGD_GROUP_COLUMNS
-    _group_keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    _group_row = staticmethod(sgd_group_row)
+    _group_keys = (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+        "state_dtype",
+        "rounding_seed",
+    )
+
+    @staticmethod
+    def _group_row(*values: Any) -> list[float]:
+        *hyper, state_dtype, seed = values
+        return sgd_group_row(*hyper, state_dtype == torch.bfloat16, seed)
 
     def __init__(
         self,
@@ -716,9 +792,12 @@ class SGD(_FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         schedule: Schedule | Sequence[Schedule | None] | None = None,
+        state_dtype: torch.dtype | None = None,
+        rounding_seed: int = 0,
     ) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
+        _check_state_options(state_dtype, rounding_seed)
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -742,12 +821,15 @@ class SGD(_FusedOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "state_dtype": state_dtype,
+            "rounding_seed": rounding_seed,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, defaults, schedule)
 
     def _init_group_defaults(self, group: dict[str, Any]) -> None:
+        super()._init_group_defaults(group)
         group.setdefault("nesterov", False)
         group.setdefault("maximize", False)
 
@@ -770,10 +852,16 @@ class SGD(_FusedOptimizer):
         columns = [params, grads, buffers]
         check_columns(("params", "grads", "momentum_buffer"), columns, labels)
         first = [momentum[r] and b is None for b, r in zip(buffers, rows, strict=True)]
+        new_dtypes = [
+            self._state_dtype(p, r, label) if new else None
+            for p, r, label, new in zip(params, rows, labels, first, strict=True)
+        ]
         fresh = []
         for i, p in enumerate(params):
             if first[i]:
-                buffers[i] = torch.empty_like(p, memory_format=torch.preserve_format)
+                buffers[i] = torch.empty_like(
+                    p, dtype=new_dtypes[i], memory_format=torch.preserve_format
+                )
                 fresh.append((p, buffers[i]))
         plan = self._new_plan(
             columns,
@@ -786,6 +874,12 @@ class SGD(_FusedOptimizer):
         return plan
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> bool:
+        # bfloat16 buffers rounded stochastically: the group's step count feeds the random bits
+        for gi, group in enumerate(self.param_groups):
+            if group["state_dtype"] == torch.bfloat16:
+                plan.groups[gi, _core.SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (
+                    2**32
+                )
         return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf, coef)
 
     def _after_step(self, plan: _Plan) -> None:
@@ -793,3 +887,6 @@ class SGD(_FusedOptimizer):
         for p, buf in plan.fresh:
             self.state[p]["momentum_buffer"] = buf
         plan.fresh = []
+        for group in self.param_groups:
+            if group["state_dtype"] == torch.bfloat16:
+                group["rounding_step"] += 1

@@ -115,6 +115,25 @@ void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visi
     }
 }
 
+// The rounding of a row's states for one segment: storage dtype, and for stochastic rounding
+// the hash streams of (seed, tensor, step) for each state tensor (see StateRounding).
+inline StateRounding state_rounding(const std::int64_t* r, bool stochastic, double seed,
+                                    double step, std::int64_t first) {
+    StateRounding s{};
+    s.dtype = static_cast<DType>(r[kColStateDType]);
+    s.stochastic = stochastic;
+    s.first = first;
+    if (stochastic) {
+        const std::uint32_t tensor =
+            mix32(static_cast<std::uint32_t>(seed) ^ mix32(static_cast<std::uint32_t>(r[kColSalt])));
+        const auto t = static_cast<std::uint32_t>(step);
+        for (std::uint32_t j = 0; j < 3; ++j) {
+            s.stream[j] = mix32(tensor ^ mix32(t + 0x9e3779b9u * (j + 1)));
+        }
+    }
+    return s;
+}
+
 inline std::int64_t element_size(DType d) {
     return d == DType::Float64 ? 8 : d == DType::Float32 ? 4 : 2;
 }
@@ -153,11 +172,13 @@ bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
         AdamSegment seg;
         seg.param = advance(ptr<void>(r, kColParam), b, dtype);
         seg.grad = advance(ptr<void>(r, kColGrad), b, dtype);
-        seg.exp_avg = advance(ptr<void>(r, kColState0), b, dtype);
-        seg.exp_avg_sq = advance(ptr<void>(r, kColState1), b, dtype);
-        seg.max_exp_avg_sq = advance(ptr<void>(r, kColState2), b, dtype);
         seg.n = e - b;
         seg.dtype = dtype;
+        seg.state = state_rounding(r, g[kAdamStochastic] != 0.0, g[kAdamSeed], step, b);
+        const auto state_dtype = seg.state.dtype;
+        seg.exp_avg = advance(ptr<void>(r, kColState0), b, state_dtype);
+        seg.exp_avg_sq = advance(ptr<void>(r, kColState1), b, state_dtype);
+        seg.max_exp_avg_sq = advance(ptr<void>(r, kColState2), b, state_dtype);
         seg.decoupled = g[kAdamDecoupled] != 0.0;
         seg.amsgrad = g[kAdamAmsgrad] != 0.0;
         seg.grad_factor = (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;
@@ -186,9 +207,11 @@ bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
         SgdSegment seg;
         seg.param = advance(ptr<void>(r, kColParam), b, dtype);
         seg.grad = advance(ptr<void>(r, kColGrad), b, dtype);
-        seg.momentum_buffer = advance(ptr<void>(r, kColState0), b, dtype);
         seg.n = e - b;
         seg.dtype = dtype;
+        seg.state = state_rounding(r, g[kSgdStochastic] != 0.0, g[kSgdSeed],
+                                   g[kSgdRoundingStep], b);
+        seg.momentum_buffer = advance(ptr<void>(r, kColState0), b, seg.state.dtype);
         seg.nesterov = g[kSgdNesterov] != 0.0;
         seg.first_step = r[kColFirst] != 0;
         seg.grad_factor = (g[kSgdMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;

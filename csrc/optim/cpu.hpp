@@ -21,17 +21,22 @@ enum TableColumn : int {
     kColGroup,       // param group index
     kColOffset,      // elements of all earlier rows (a prefix sum)
     kColFirst,       // SGD: 1 while the momentum buffer is new (cleared after the step)
+    kColStateDType,  // DType code of the states (exp_avg, ..., momentum_buffer)
+    kColSalt,        // a number of the tensor's own, for stochastic rounding's random bits
     kTableColumns
 };
 
 // Columns of the per-group scalar rows (double).
+// kAdamStochastic / kSgdStochastic: bfloat16 states are rounded stochastically, with the
+// group's seed (kAdamSeed / kSgdSeed), each tensor's salt, and the step: Adam's per-tensor step
+// count, SGD's group counter kSgdRoundingStep.
 enum AdamGroupColumn : int {
     kAdamLr = 0, kAdamBeta1, kAdamBeta2, kAdamEps, kAdamWeightDecay, kAdamAmsgrad,
-    kAdamMaximize, kAdamDecoupled, kAdamGroupColumns
+    kAdamMaximize, kAdamDecoupled, kAdamStochastic, kAdamSeed, kAdamGroupColumns
 };
 enum SgdGroupColumn : int {
     kSgdLr = 0, kSgdMomentum, kSgdDampening, kSgdWeightDecay, kSgdNesterov, kSgdMaximize,
-    kSgdGroupColumns
+    kSgdStochastic, kSgdSeed, kSgdRoundingStep, kSgdGroupColumns
 };
 
 // One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates.

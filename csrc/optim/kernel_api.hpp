@@ -7,8 +7,38 @@
 namespace pylr {
 namespace optim {
 
-// dtype codes shared with pylr/functional.py
+// dtype codes (pylr/_plan.py reads them through the module's DTYPE_* attributes)
 enum class DType : std::int64_t { Float32 = 0, Float64 = 1, BFloat16 = 2, Float16 = 3 };
+
+// A 32-bit integer hash with good avalanche (Wellons' lowbias32): the counter-based random bits
+// of stochastic rounding, the same on every instruction set (and under nvcc).
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline std::uint32_t mix32(std::uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// How optimizer state is stored and rounded: in the parameter's dtype (round to nearest even),
+// in float32, or in bfloat16 rounded to nearest even or stochastically.
+//
+// Stochastic rounding of element i adds the low 16 bits of a hash of (seed, tensor, step, i) to
+// the float32 bits before truncating them, so a value rounds up with probability proportional
+// to its distance from the lower bfloat16 neighbour: in expectation the update survives even
+// when it is below bfloat16's resolution (beta2 * v + (1 - beta2) * g^2 changes v by 0.1%, under
+// bfloat16's 2^-8). The hash depends on nothing else, so results do not depend on the thread
+// count or on where chunks begin.
+struct StateRounding {
+    DType dtype;              // the states' storage dtype
+    bool stochastic;          // bfloat16 storage rounded stochastically
+    std::uint32_t stream[3];  // per state tensor: the hash of (seed, tensor, step)
+    std::int64_t first;       // element index of the segment's first element in its tensor
+};
 
 struct AdamSegment {
     void* param;
@@ -18,6 +48,7 @@ struct AdamSegment {
     void* max_exp_avg_sq;  // null unless amsgrad
     std::int64_t n;
     DType dtype;
+    StateRounding state;
     bool decoupled;
     bool amsgrad;
     double grad_factor;  // sign / grad_scale
@@ -36,6 +67,7 @@ struct SgdSegment {
     void* momentum_buffer;  // null without momentum
     std::int64_t n;
     DType dtype;
+    StateRounding state;
     bool nesterov;
     bool first_step;
     double grad_factor;  // sign / grad_scale

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "optim/kernel_api.hpp"
 #include "optim/math.hpp"
@@ -122,7 +123,31 @@ inline void store(Float16& dst, float v) {
 }
 #endif
 
-template <typename S, bool Decoupled, bool HasWd, bool Amsgrad>
+// bfloat16 from float32 rounded stochastically with the random bits r (see StateRounding):
+// r's low 16 bits are added below the kept ones, then dropped; NaN stays a (quiet) NaN, and
+// infinities stay infinite.
+inline void store_stochastic(BFloat16& dst, float v, std::uint32_t r) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+    dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : ((u + (r & 0xffffu)) >> 16));
+}
+
+// A state element back to storage: rounded stochastically (bfloat16 storage of StateRounding's
+// stochastic mode) or to nearest even.
+template <bool Stochastic, typename T, typename C>
+inline void store_state(T& dst, C v, const StateRounding& rounding, int stream, std::int64_t i) {
+    if constexpr (Stochastic) {
+        const auto k = static_cast<std::uint32_t>(rounding.first + i);
+        store_stochastic(dst, static_cast<float>(v), mix32(k ^ rounding.stream[stream]));
+    } else {
+        store(dst, v);
+    }
+}
+
+// S: the parameter's (and grad's) storage type; T: the states'; Stochastic: T is bfloat16 rounded
+// stochastically. Arithmetic in S's compute type.
+template <typename S, typename T, bool Stochastic, bool Decoupled, bool HasWd, bool Amsgrad>
 void adam_loop(const AdamSegment& seg) {
     using C = typename ComputeOf<S>::type;
     const AdamScalars<C> s{
@@ -133,21 +158,23 @@ void adam_loop(const AdamSegment& seg) {
         static_cast<C>(seg.bias_correction2_sqrt), static_cast<C>(seg.eps)};
     S* __restrict p = static_cast<S*>(seg.param);
     const S* __restrict g = static_cast<const S*>(seg.grad);
-    S* __restrict m = static_cast<S*>(seg.exp_avg);
-    S* __restrict v = static_cast<S*>(seg.exp_avg_sq);
-    S* __restrict vmax = static_cast<S*>(seg.max_exp_avg_sq);
+    T* __restrict m = static_cast<T*>(seg.exp_avg);
+    T* __restrict v = static_cast<T*>(seg.exp_avg_sq);
+    T* __restrict vmax = static_cast<T*>(seg.max_exp_avg_sq);
+    const StateRounding& r = seg.state;
     for (std::int64_t i = 0; i < seg.n; ++i) {
         C pi = load(p[i]), mi = load(m[i]), vi = load(v[i]);
         C vmaxi = Amsgrad ? load(vmax[i]) : C(0);
         adam_update<C, Decoupled, HasWd, Amsgrad>(pi, load(g[i]), mi, vi, vmaxi, s);
         store(p[i], pi);
-        store(m[i], mi);
-        store(v[i], vi);
-        if (Amsgrad) store(vmax[i], vmaxi);
+        store_state<Stochastic>(m[i], mi, r, 0, i);
+        store_state<Stochastic>(v[i], vi, r, 1, i);
+        if (Amsgrad) store_state<Stochastic>(vmax[i], vmaxi, r, 2, i);
     }
 }
 
-template <typename S, bool HasWd, bool HasMomentum, bool Nesterov, bool First>
+template <typename S, typename T, bool Stochastic, bool HasWd, bool HasMomentum, bool Nesterov,
+          bool First>
 void sgd_loop(const SgdSegment& seg) {
     using C = typename ComputeOf<S>::type;
     const SgdScalars<C> s{static_cast<C>(seg.grad_factor), static_cast<C>(seg.weight_decay),
@@ -155,50 +182,86 @@ void sgd_loop(const SgdSegment& seg) {
                           static_cast<C>(-seg.lr)};
     S* __restrict p = static_cast<S*>(seg.param);
     const S* __restrict g = static_cast<const S*>(seg.grad);
-    S* __restrict buf = static_cast<S*>(seg.momentum_buffer);
+    T* __restrict buf = static_cast<T*>(seg.momentum_buffer);
     for (std::int64_t i = 0; i < seg.n; ++i) {
         C pi = load(p[i]);
         C bi = (HasMomentum && !First) ? load(buf[i]) : C(0);
         sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pi, load(g[i]), bi, s);
         store(p[i], pi);
-        if (HasMomentum) store(buf[i], bi);
+        if (HasMomentum) store_state<Stochastic>(buf[i], bi, seg.state, 0, i);
     }
 }
 
 // Flags -> template arguments.
-template <typename S>
-void adam_dtype(const AdamSegment& seg) {
+template <typename S, typename T, bool Stochastic>
+void adam_flags(const AdamSegment& seg) {
     const int key = (seg.decoupled ? 4 : 0) | (seg.weight_decay != 0.0 ? 2 : 0) |
                     (seg.amsgrad ? 1 : 0);
     switch (key) {
-        case 0: return adam_loop<S, false, false, false>(seg);
-        case 1: return adam_loop<S, false, false, true>(seg);
-        case 2: return adam_loop<S, false, true, false>(seg);
-        case 3: return adam_loop<S, false, true, true>(seg);
-        case 4: return adam_loop<S, true, false, false>(seg);
-        case 5: return adam_loop<S, true, false, true>(seg);
-        case 6: return adam_loop<S, true, true, false>(seg);
-        default: return adam_loop<S, true, true, true>(seg);
+        case 0: return adam_loop<S, T, Stochastic, false, false, false>(seg);
+        case 1: return adam_loop<S, T, Stochastic, false, false, true>(seg);
+        case 2: return adam_loop<S, T, Stochastic, false, true, false>(seg);
+        case 3: return adam_loop<S, T, Stochastic, false, true, true>(seg);
+        case 4: return adam_loop<S, T, Stochastic, true, false, false>(seg);
+        case 5: return adam_loop<S, T, Stochastic, true, false, true>(seg);
+        case 6: return adam_loop<S, T, Stochastic, true, true, false>(seg);
+        default: return adam_loop<S, T, Stochastic, true, true, true>(seg);
     }
 }
 
-template <typename S>
-void sgd_dtype(const SgdSegment& seg) {
+template <typename S, typename T, bool Stochastic>
+void sgd_flags(const SgdSegment& seg) {
     const bool mom = seg.momentum != 0.0;
     const int key = (seg.weight_decay != 0.0 ? 8 : 0) | (mom ? 4 : 0) |
                     (mom && seg.nesterov ? 2 : 0) | (mom && seg.first_step ? 1 : 0);
     switch (key) {
-        case 0: return sgd_loop<S, false, false, false, false>(seg);
-        case 4: return sgd_loop<S, false, true, false, false>(seg);
-        case 5: return sgd_loop<S, false, true, false, true>(seg);
-        case 6: return sgd_loop<S, false, true, true, false>(seg);
-        case 7: return sgd_loop<S, false, true, true, true>(seg);
-        case 8: return sgd_loop<S, true, false, false, false>(seg);
-        case 12: return sgd_loop<S, true, true, false, false>(seg);
-        case 13: return sgd_loop<S, true, true, false, true>(seg);
-        case 14: return sgd_loop<S, true, true, true, false>(seg);
-        default: return sgd_loop<S, true, true, true, true>(seg);
+        case 0: return sgd_loop<S, T, Stochastic, false, false, false, false>(seg);
+        case 4: return sgd_loop<S, T, Stochastic, false, true, false, false>(seg);
+        case 5: return sgd_loop<S, T, Stochastic, false, true, false, true>(seg);
+        case 6: return sgd_loop<S, T, Stochastic, false, true, true, false>(seg);
+        case 7: return sgd_loop<S, T, Stochastic, false, true, true, true>(seg);
+        case 8: return sgd_loop<S, T, Stochastic, true, false, false, false>(seg);
+        case 12: return sgd_loop<S, T, Stochastic, true, true, false, false>(seg);
+        case 13: return sgd_loop<S, T, Stochastic, true, true, false, true>(seg);
+        case 14: return sgd_loop<S, T, Stochastic, true, true, true, false>(seg);
+        default: return sgd_loop<S, T, Stochastic, true, true, true, true>(seg);
     }
+}
+
+// Runs run(T*, stochastic) with the states' storage type T for parameters of storage type S:
+// S itself, float32 (for half parameters), or bfloat16 (to nearest even or stochastically);
+// pylr/_plan.py allows nothing else (float64 parameters keep float64 states).
+template <typename S, typename Segment, typename Run>
+void with_state_type(const Segment& seg, Run run) {
+    const StateRounding& r = seg.state;
+    if constexpr (std::is_same_v<S, double>) {
+        run(static_cast<double*>(nullptr), std::false_type{});
+    } else {
+        if (r.dtype == DType::BFloat16) {
+            if (r.stochastic) return run(static_cast<BFloat16*>(nullptr), std::true_type{});
+            return run(static_cast<BFloat16*>(nullptr), std::false_type{});
+        }
+        if constexpr (std::is_same_v<S, Float16>) {
+            if (r.dtype == DType::Float16) return run(static_cast<Float16*>(nullptr), std::false_type{});
+        }
+        run(static_cast<float*>(nullptr), std::false_type{});
+    }
+}
+
+template <typename S>
+void adam_dtype(const AdamSegment& seg) {
+    with_state_type<S>(seg, [&](auto* t, auto stochastic) {
+        using T = std::remove_pointer_t<decltype(t)>;
+        adam_flags<S, T, decltype(stochastic)::value>(seg);
+    });
+}
+
+template <typename S>
+void sgd_dtype(const SgdSegment& seg) {
+    with_state_type<S>(seg, [&](auto* t, auto stochastic) {
+        using T = std::remove_pointer_t<decltype(t)>;
+        sgd_flags<S, T, decltype(stochastic)::value>(seg);
+    });
 }
 
 // |x| reductions over one segment with eight independent double accumulators, so that the
