@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -95,22 +96,43 @@ void check_table(const Table& table) {
     }
 }
 
+// Fused schedules for a step: one node (or none) per param group, kept alive here.
+struct GroupSchedules {
+    std::vector<NodePtr> nodes;
+    std::vector<const ScheduleNode*> raw;  // nodes' pointers, null where a group has none
+};
+
 // Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
 // here; pylr/_plan.py built the table from validated tensors.
 template <typename Step>
-bool run_step(Step step, Table& table, const Groups& groups, int group_columns,
-              std::uintptr_t grad_scale, std::uintptr_t found_inf, double grad_coef) {
+int run_step(Step step, Table& table, Groups& groups, int group_columns,
+             std::uintptr_t grad_scale, std::uintptr_t found_inf, double grad_coef,
+             const GroupSchedules* schedules, const py::object& schedule_steps) {
     check_table(table);
-    if (groups.ndim() != 2 || groups.shape(1) != group_columns) {
-        throw py::value_error("groups must be a float64 array of shape (g, " +
+    if (groups.ndim() != 2 || groups.shape(1) != group_columns || !groups.writeable()) {
+        throw py::value_error("groups must be a writeable float64 array of shape (g, " +
                               std::to_string(group_columns) + ")");
     }
+    pylr::optim::StepArgs args;
+    args.groups = groups.mutable_data();
+    args.n_groups = groups.shape(0);
+    args.grad_scale = reinterpret_cast<const float*>(grad_scale);
+    args.found_inf = reinterpret_cast<const float*>(found_inf);
+    args.grad_coef = grad_coef;
+    py::array_t<double, py::array::c_style> steps;
+    if (schedules != nullptr) {
+        steps = py::cast<py::array_t<double, py::array::c_style>>(schedule_steps);
+        if (static_cast<py::ssize_t>(schedules->raw.size()) != args.n_groups ||
+            steps.ndim() != 1 || steps.shape(0) != args.n_groups) {
+            throw py::value_error("one schedule and one schedule step per group");
+        }
+        args.schedules = schedules->raw.data();
+        args.schedule_steps = steps.data();
+    }
     std::int64_t* t = table.mutable_data();
-    const double* g = groups.data();
     const std::int64_t n = table.shape(0);
     py::gil_scoped_release release;
-    return step(t, n, g, reinterpret_cast<const float*>(grad_scale),
-                reinterpret_cast<const float*>(found_inf), grad_coef);
+    return step(t, n, args);
 }
 
 py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool momentum) {
@@ -168,26 +190,43 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("T_0"), py::arg("T_mult"), py::arg("t"),
         "(T_cur, T_i) of cosine annealing with warm restarts at step t.");
+    py::class_<GroupSchedules>(m, "GroupSchedules",
+                               "One fused schedule node (or None) per param group, for a step.")
+        .def(py::init([](const std::vector<std::optional<NodePtr>>& nodes) {
+                 GroupSchedules s;
+                 for (const auto& n : nodes) {
+                     s.nodes.push_back(n ? *n : nullptr);
+                     s.raw.push_back(n ? n->get() : nullptr);
+                 }
+                 return s;
+             }),
+             py::arg("nodes"));
+    m.attr("STEP_TAKEN") = pylr::optim::kStepTaken;
+    m.attr("STEP_SKIPPED") = pylr::optim::kStepSkipped;
+    m.attr("BAD_SCHEDULE") = pylr::optim::kBadSchedule;
     m.def(
         "adam_step",
-        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-           double grad_coef) {
+        [](Table& table, Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps) {
             return run_step(pylr::optim::adam_step, table, groups, pylr::optim::kAdamGroupColumns,
-                            grad_scale, found_inf, grad_coef);
+                            grad_scale, found_inf, grad_coef, schedules, schedule_steps);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
-        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0,
-        "One Adam/AdamW step over a pointer table; False when skipped for found_inf.");
+        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0, py::arg("schedules") = nullptr,
+        py::arg("schedule_steps") = py::none(),
+        "One Adam/AdamW step over a pointer table: STEP_TAKEN, STEP_SKIPPED (found_inf), or "
+        "BAD_SCHEDULE - g when group g's schedule gave an invalid value (nothing modified).");
     m.def(
         "sgd_step",
-        [](Table& table, const Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-           double grad_coef) {
+        [](Table& table, Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
+           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps) {
             return run_step(pylr::optim::sgd_step, table, groups, pylr::optim::kSgdGroupColumns,
-                            grad_scale, found_inf, grad_coef);
+                            grad_scale, found_inf, grad_coef, schedules, schedule_steps);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
-        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0,
-        "One SGD step over a pointer table; False when skipped for found_inf.");
+        py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0, py::arg("schedules") = nullptr,
+        py::arg("schedule_steps") = py::none(),
+        "One SGD step over a pointer table; the same results as adam_step.");
     m.def(
         "norm_chunks",
         [](Table& table) {
@@ -261,6 +300,11 @@ PYBIND11_MODULE(_core, m) {
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
     m.attr("SGD_ROUNDING_STEP") = static_cast<int>(pylr::optim::kSgdRoundingStep);
+    // where a fused schedule writes its lr and momentum (Adam: beta1) in a group's row
+    m.attr("ADAM_LR") = static_cast<int>(pylr::optim::kAdamLr);
+    m.attr("ADAM_BETA1") = static_cast<int>(pylr::optim::kAdamBeta1);
+    m.attr("SGD_LR") = static_cast<int>(pylr::optim::kSgdLr);
+    m.attr("SGD_MOMENTUM") = static_cast<int>(pylr::optim::kSgdMomentum);
     m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),
           "Wake idle pool threads ahead of a step over `elements` elements, if it is large "
           "enough to be worth it (returns at once).");

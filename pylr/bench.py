@@ -237,6 +237,131 @@ def _bench_optimizers(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _interleaved(fns: dict[str, Callable[[], Any]], rounds: int, number: int) -> dict[str, float]:
+    """Best seconds per call of each function, rounds interleaved so all see the same load."""
+    best = {name: math.inf for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_call(fn, number=number, repeat=1))
+    return best
+
+
+def _bench_clip(quick: bool) -> list[dict[str, Any]]:
+    """Gradient clipping + AdamW step: torch's ``clip_grad_norm_`` (a norm pass and a pass
+    rewriting the grads) + fused AdamW, against pylr's ``clip_grad_norm_`` folded into its step
+    (the norm pass only), with float32 and with bfloat16 state; same-run rooflines: streaming
+    the bytes each moves (a read of the grads, then p, g and two float32 states — or one, the
+    bytes of two bfloat16 ones)."""
+    import torch
+
+    from pylr import optim as pylr_optim
+
+    name = "one_large" if quick else "gpt2_small"
+    shapes = load_workloads(quick)[name]["shapes"]
+    elements = sum(math.prod(s) for s in shapes)
+
+    def setup(impl: str) -> Callable[[], Any]:
+        params = _make_params(shapes)
+        if impl == "torch":
+            opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+
+            def step() -> None:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+
+            return step
+        state = torch.bfloat16 if impl == "pylr bf16 state" else None
+        mine = pylr_optim.AdamW(params, lr=1e-3, state_dtype=state)
+
+        def step_pylr() -> None:
+            mine.clip_grad_norm_(1.0)
+            mine.step()
+
+        return step_pylr
+
+    impls = ["torch", "pylr", "pylr bf16 state"]
+    steps = {impl: setup(impl) for impl in impls}
+    for fn in steps.values():
+        fn()  # state and plans
+    # rooflines on a pylr plan of these shapes: a read pass over the grads plus the step's bytes
+    roof_params = _make_params(shapes)
+    roof = pylr_optim.AdamW(roof_params, lr=1e-3)
+    roof.clip_grad_norm_(1.0)
+    roof.step()
+    plan = roof._plan
+    assert plan is not None and plan.partials is not None
+    table, partials = plan.table.table, plan.partials
+
+    def roofline(n_states: int) -> Callable[[], None]:
+        def run() -> None:
+            _core.grad_norm(table, _core.NORM_TWO, 2.0, partials)
+            _core.roofline_step(table, n_states)
+
+        return run
+
+    steps["roofline fp32 state"] = roofline(2)
+    steps["roofline bf16 state"] = roofline(1)  # p, g and 8 bytes of state: two bf16 read+write
+    times = _interleaved(steps, rounds=3 if quick else 5, number=3 if quick else 10)
+    bytes_per = {"torch": 40, "pylr": 32, "pylr bf16 state": 24}
+    return [
+        {
+            "workload": name,
+            "elements": elements,
+            "ms_per_step": {k: t * 1e3 for k, t in times.items()},
+            "gb_per_s": {k: elements * b / times[k] / 1e9 for k, b in bytes_per.items()},
+            "speedup_fp32_state": times["torch"] / times["pylr"],
+            "speedup_bf16_state": times["torch"] / times["pylr bf16 state"],
+            "fraction_of_roofline_fp32": times["roofline fp32 state"] / times["pylr"],
+            "fraction_of_roofline_bf16": times["roofline bf16 state"] / times["pylr bf16 state"],
+        }
+    ]
+
+
+def _bench_scheduled(quick: bool) -> list[dict[str, Any]]:
+    """The tiny MLP's AdamW step under a OneCycle schedule: torch's fused AdamW +
+    ``OneCycleLR.step()`` against pylr's AdamW with the schedule fused into its step."""
+    import torch
+
+    from pylr import optim as pylr_optim
+
+    shapes = load_workloads()["tiny_mlp"]["shapes"]
+    total = 10**8
+
+    def torch_step() -> Callable[[], None]:
+        opt = torch.optim.AdamW(_make_params(shapes), lr=1e-3, fused=True)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=total)
+
+        def step() -> None:
+            opt.step()
+            sched.step()
+
+        return step
+
+    def pylr_step() -> Callable[[], Any]:
+        schedule = schedules.OneCycle(max_lr=1e-3, total_steps=total)
+        opt = pylr_optim.AdamW(_make_params(shapes), lr=1.0, schedule=schedule)
+        return opt.step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        steps = {"torch fused + OneCycleLR": torch_step(), "pylr fused schedule": pylr_step()}
+        for fn in steps.values():
+            fn()
+        roof = pylr_optim.AdamW(_make_params(shapes), lr=1e-3)
+        roof.step()
+        table = roof._plan.table.table  # type: ignore[union-attr]
+        steps["roofline"] = lambda: _core.roofline_step(table, 2)
+        times = _interleaved(steps, rounds=3 if quick else 7, number=200 if quick else 2000)
+    return [
+        {
+            "workload": "tiny_mlp",
+            "ms_per_step": {k: t * 1e3 for k, t in times.items()},
+            "speedup": times["torch fused + OneCycleLR"] / times["pylr fused schedule"],
+            "fraction_of_roofline": times["roofline"] / times["pylr fused schedule"],
+        }
+    ]
+
+
 def _bench_loops(quick: bool) -> list[dict[str, Any]]:
     """Whole iterations (zero_grad, forward, backward, step) with torch's fused AdamW and
     pylr's: the step must stay fast while torch's own threads are busy around it."""
@@ -396,6 +521,8 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
         "schedules": _bench_schedules(quick),
         "schedulers": _bench_schedulers(quick),
         "optimizers": _bench_optimizers(quick),
+        "clip_and_step": _bench_clip(quick),
+        "scheduled_step": _bench_scheduled(quick),
         "loops": _bench_loops(quick),
         "fit": _bench_fit(quick),
     }
@@ -411,6 +538,26 @@ def run_bench(json_path: str | None = None, quick: bool = False) -> dict[str, An
             f"{r['speedup']:>7.2f}x"
         )
     _print_optimizers(results["optimizers"])
+    for r in results["clip_and_step"]:
+        print(
+            f"Gradient clipping + AdamW step, {r['workload']} ({r['elements'] / 1e6:.0f}M), "
+            "ms/step (torch: clip_grad_norm_ + fused AdamW)"
+        )
+        print("  " + "".join(f"{k:>22}" for k in r["ms_per_step"]))
+        print("  " + "".join(f"{v:>22.3f}" for v in r["ms_per_step"].values()))
+        print(
+            f"  pylr {r['speedup_fp32_state']:.2f}x torch with float32 state "
+            f"({100 * r['fraction_of_roofline_fp32']:.0f}% of its roofline), "
+            f"{r['speedup_bf16_state']:.2f}x with bfloat16 state "
+            f"({100 * r['fraction_of_roofline_bf16']:.0f}%)"
+        )
+    for r in results["scheduled_step"]:
+        cells = ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in r["ms_per_step"].items())
+        print(f"AdamW step under a OneCycle schedule, {r['workload']}: {cells}")
+        print(
+            f"  pylr {r['speedup']:.2f}x torch ({100 * r['fraction_of_roofline']:.0f}% of the "
+            "roofline)"
+        )
     print("Whole training iteration (zero_grad, forward, backward, AdamW step), ms/iteration")
     print(
         f"  {'':<38} {'torch fused':>11} {'pylr':>8} {'speedup':>8}   step inside the loop:"

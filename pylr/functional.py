@@ -223,7 +223,7 @@ def adam_(
         list(state_steps),
     ]
     plan = _adam_table(columns)
-    ok = _core.adam_step(
+    ok = _core.STEP_TAKEN == _core.adam_step(
         plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
     )
     if ok:
@@ -339,7 +339,7 @@ def sgd_(
                 columns[2][i] = momentum_buffer_list[i]
         plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
         _sgd_cache.plan = plan
-    ok = _core.sgd_step(
+    ok = _core.STEP_TAKEN == _core.sgd_step(
         plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
     )
     if ok:

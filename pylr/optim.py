@@ -85,6 +85,7 @@ class _Plan:
 
     __slots__ = (
         "all_params",
+        "created",
         "flags",
         "fresh",
         "grad_dtype",
@@ -93,6 +94,10 @@ class _Plan:
         "params",
         "partials",
         "row_values",
+        "schedule_set",
+        "schedule_steps",
+        "scheduled",
+        "schedules",
         "table",
     )
 
@@ -117,12 +122,32 @@ class _Plan:
         # clip_grad_norm_: its scratch (one double per chunk) and the dtype torch's norm has
         self.partials: np.ndarray | None = None
         self.grad_dtype = functools.reduce(torch.promote_types, {p.dtype for p in params})
+        # fused schedules, per group: the Schedule objects, their C++ nodes, the steps
+        self.schedules: tuple[Schedule | None, ...] = ()
+        self.schedule_set: Any = None
+        self.schedule_steps = np.zeros(len(group_params), dtype=np.float64)
+        self.scheduled: list[tuple[int, bool]] = []  # (group, has momentum)
+        # the params whose state this plan created, until its first step is taken
+        self.created: list[torch.Tensor] = []
+
+    def set_schedules(self, schedules: tuple[Schedule | None, ...]) -> None:
+        self.schedules = schedules
+        self.scheduled = [(gi, s.has_momentum) for gi, s in enumerate(schedules) if s is not None]
+        self.schedule_set = (
+            _core.GroupSchedules([None if s is None else s._node for s in schedules])
+            if self.scheduled
+            else None
+        )
 
 
 class _FusedOptimizer(Optimizer):
     """Shared machinery: step with hooks, the plan contract, schedule fusion, state dicts."""
 
     _group_columns: ClassVar[int]
+    # the group key a schedule's momentum drives, and where lr and momentum sit in a group's row
+    _momentum_key: ClassVar[str]
+    _momentum_placeholder: ClassVar[float]
+    _schedule_columns: ClassVar[tuple[int, int]]
     # the group keys a step reads, in the order of the row builder's arguments
     _group_keys: ClassVar[tuple[str, ...]]
     _group_row: ClassVar[Callable[..., list[float]]]
@@ -282,26 +307,39 @@ class _FusedOptimizer(Optimizer):
                 loss = closure()
         # a large step wakes the pool while Python prepares it (the last plan tells the size)
         _core.prepare_threads(0 if self._plan is None else self._plan.table.numel)
-        self._apply_schedules()
         plan = self._current_plan()
         if plan is None:
             self._grad_coef = 1.0
             return loss
+        for gi, _ in plan.scheduled:
+            plan.schedule_steps[gi] = self._schedule_step(gi)
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         # a clip_grad_norm_ coefficient belongs to this step's grads, taken or skipped
         coef, self._grad_coef = self._grad_coef, 1.0
-        ok = self._run(
+        status = self._run(
             plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf"), coef
         )
-        if ok:
+        if status == _core.STEP_TAKEN:
             # autograd's version counters guard tensors saved for backward: the params (the
             # optimizer's own state never enters a graph)
             torch._C._increment_version(plan.params)
             self._after_step(plan)
-            for group in self.param_groups:
-                if group["schedule"] is not None:
-                    group["schedule_step"] += 1
+            # the values the fused schedules gave this step, shown in the groups
+            lr_col, momentum_col = self._schedule_columns
+            for gi, has_momentum in plan.scheduled:
+                group = self.param_groups[gi]
+                group["lr"] = float(plan.groups[gi, lr_col])
+                if has_momentum:
+                    self._set_momentum(group, float(plan.groups[gi, momentum_col]))
+                group["schedule_step"] += 1
+        elif status != _core.STEP_SKIPPED:
+            # nothing changed in C++; undo the state this step's plan created in Python
+            for p in plan.created:
+                self.state.pop(p, None)
+            self._plan = None
+            self._refuse_schedule(_core.BAD_SCHEDULE - status)
+        plan.created = []
         return loss
 
     # -- gradient clipping, folded into the step ---------------------------------------------
@@ -483,37 +521,79 @@ class _FusedOptimizer(Optimizer):
             raise TypeError(f"{label}: optimizer state must be a dict, got {type(state).__name__}")
         return state
 
+    # -- fused schedules ---------------------------------------------------------------------
+    #
+    # The C++ step evaluates each group's schedule at its schedule_step and writes the lr (and
+    # momentum or beta1) into the group's row itself; Python only hands it the steps, and shows
+    # the values in the groups afterwards.
+
+    def _schedule_of(self, gi: int) -> Schedule | None:
+        schedule = self.param_groups[gi]["schedule"]
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(
+                f"param_groups[{gi}]['schedule'] must be a pylr.schedules.Schedule or None, "
+                f"got {type(schedule).__name__}"
+            )
+        return schedule
+
+    def _schedule_step(self, gi: int) -> float:
+        t = self.param_groups[gi]["schedule_step"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
+            raise ValueError(
+                f"param_groups[{gi}]['schedule_step'] must be a finite number >= 0, got {t!r}"
+            )
+        return float(t)
+
     def _apply_schedules(self) -> None:
-        """Fused schedules: each group's lr — and its momentum (or beta1) where the schedule
-        defines one, as ``ScheduleLR`` does — at the group's ``schedule_step``."""
+        """Each fused schedule's lr — and momentum (or beta1) where it defines one, as
+        ``ScheduleLR`` does — at the group's ``schedule_step``, written into the groups (when a
+        schedule is attached; the step itself evaluates them in C++)."""
         for gi, group in enumerate(self.param_groups):
-            schedule = group["schedule"]
+            schedule = self._schedule_of(gi)
             if schedule is not None:
-                if not isinstance(schedule, Schedule):
-                    raise TypeError(
-                        f"param_groups[{gi}]['schedule'] must be a pylr.schedules.Schedule or "
-                        f"None, got {type(schedule).__name__}"
-                    )
-                t = group["schedule_step"]
-                if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
-                    raise ValueError(
-                        f"param_groups[{gi}]['schedule_step'] must be a finite number >= 0, "
-                        f"got {t!r}"
-                    )
+                t = self._schedule_step(gi)
                 node = schedule._node
                 group["lr"] = node.value(t)
                 if node.has_momentum:
                     self._set_momentum(group, node.momentum(t))
+
+    def _refuse_schedule(self, gi: int) -> None:
+        schedule = self.param_groups[gi]["schedule"]
+        t = self._schedule_step(gi)
+        node = schedule._node
+        got = f"lr {node.value(t)!r}"
+        if node.has_momentum:
+            got += f" and momentum {node.momentum(t)!r}"
+        raise ValueError(
+            f"param_groups[{gi}]['schedule'] gives {got} at schedule_step {t:g}: an lr must be "
+            "finite and >= 0, a momentum finite and >= 0 (Adam's beta1 also < 1); nothing was "
+            "changed"
+        )
 
     def _set_momentum(self, group: dict[str, Any], value: float) -> None:
         group["momentum"] = value
 
     def _fill_group_rows(self, plan: _Plan) -> None:
         """Each group's checked row of scalars, rebuilt only when one of its values changed (a
-        tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place)."""
+        tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place;
+        what a fused schedule sets is the schedule's to write, and not compared)."""
+        schedules = tuple(self._schedule_of(gi) for gi in range(len(self.param_groups)))
+        if len(schedules) != len(plan.schedules) or any(
+            map(operator.is_not, schedules, plan.schedules)
+        ):
+            plan.set_schedules(schedules)
         keys = self._group_keys
+        momentum_at = keys.index(self._momentum_key)
+        scheduled = dict(plan.scheduled)
         for gi, group in enumerate(self.param_groups):
             raw = [group[k] for k in keys]
+            if gi in scheduled:
+                # placeholders the row's checks accept: the step writes (and checks) the
+                # schedule's values
+                raw[0] = 0.0
+                if scheduled[gi]:
+                    m, fill = raw[momentum_at], self._momentum_placeholder
+                    raw[momentum_at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
             values = tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(*raw)
@@ -535,6 +615,9 @@ class Adam(_FusedOptimizer):
     """
 
     _group_columns = _core.ADAM_GROUP_COLUMNS
+    _momentum_key = "betas"
+    _momentum_placeholder = 0.0
+    _schedule_columns = (_core.ADAM_LR, _core.ADAM_BETA1)
     _group_keys = (
         "lr",
         "betas",
@@ -687,20 +770,30 @@ class Adam(_FusedOptimizer):
             columns[3][i] = state["exp_avg_sq"]
             columns[4][i] = state["max_exp_avg_sq"] if amsgrad[r] else None
             columns[5][i] = state["step"]
-        return self._new_plan(
+        plan = self._new_plan(
             columns,
             rows,
             (Proof.PARAM, Proof.GRAD, Proof.STATE, Proof.STATE, Proof.STATE, Proof.STATE),
             (None, None, *self._state_keys),
         )
+        plan.created = [p for p, s in zip(params, existing, strict=True) if s is None]
+        return plan
 
     def _set_momentum(self, group: dict[str, Any], value: float) -> None:
         beta2 = group["betas"][1]
         if group["betas"][0] != value:
             group["betas"] = (value, beta2)
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> bool:
-        return _core.adam_step(plan.table.table, plan.groups, grad_scale, found_inf, coef)
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
+        return _core.adam_step(
+            plan.table.table,
+            plan.groups,
+            grad_scale,
+            found_inf,
+            coef,
+            plan.schedule_set,
+            plan.schedule_steps,
+        )
 
     def _after_step(self, plan: _Plan) -> None:
         pass
@@ -762,6 +855,9 @@ class SGD(_FusedOptimizer):
     """
 
     _group_columns = _core.SGD_GROUP_COLUMNS
+    _momentum_key = "momentum"
+    _momentum_placeholder = 0.5  # a Nesterov group's momentum must be > 0
+    _schedule_columns = (_core.SGD_LR, _core.SGD_MOMENTUM)
     _group_keys = (
         "lr",
         "momentum",
@@ -873,14 +969,22 @@ class SGD(_FusedOptimizer):
         plan.fresh = fresh
         return plan
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> bool:
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
         # bfloat16 buffers rounded stochastically: the group's step count feeds the random bits
         for gi, group in enumerate(self.param_groups):
             if group["state_dtype"] == torch.bfloat16:
                 plan.groups[gi, _core.SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (
                     2**32
                 )
-        return _core.sgd_step(plan.table.table, plan.groups, grad_scale, found_inf, coef)
+        return _core.sgd_step(
+            plan.table.table,
+            plan.groups,
+            grad_scale,
+            found_inf,
+            coef,
+            plan.schedule_set,
+            plan.schedule_steps,
+        )
 
     def _after_step(self, plan: _Plan) -> None:
         # new buffers enter the state only once a step has filled them

@@ -642,3 +642,43 @@ def test_torch_compile_takes_the_step_as_a_silent_graph_break():
         results.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_fused_schedule_values_are_checked_before_anything_changes():
+    """The step evaluates fused schedules in C++; a value no optimizer can take (a negative lr,
+    Adam's beta1 >= 1) is refused naming the group, with nothing modified."""
+    p = torch.nn.Parameter(torch.ones(5))
+    q = torch.nn.Parameter(torch.ones(5))
+    opt = PO.SGD([{"params": [p]}, {"params": [q]}], lr=0.1, schedule=[None, S.Constant(-0.5)])
+    p.grad, q.grad = torch.ones(5), torch.ones(5)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['schedule'\] gives lr -0.5"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.ones(5)) and torch.equal(q.detach(), torch.ones(5))
+    assert opt.param_groups[1]["schedule_step"] == 0
+    cyc = S.Cyclic(base_lr=0.01, max_lr=0.1, step_size_up=4, base_momentum=0.9, max_momentum=1.2)
+    adam = PO.Adam([p], lr=1.0, schedule=cyc)
+    with pytest.raises(ValueError, match=r"momentum 1\.2"):
+        adam.step()
+    assert torch.equal(p.detach(), torch.ones(5)) and len(adam.state[p]) == 0
+
+
+def test_fused_schedule_swapped_or_removed_mid_run():
+    a = [torch.nn.Parameter(torch.ones(4))]
+    b = [torch.nn.Parameter(torch.ones(4))]
+    fused = PO.SGD(a, lr=1.0, momentum=0.9, schedule=S.Exponential(0.5))
+    plain = torch.optim.SGD(b, lr=1.0, momentum=0.9, foreach=False)
+    lrs = [1.0, 0.5, 0.25, 0.3, 0.3, 0.05, 0.05]
+    for i, lr in enumerate(lrs):
+        if i == 3:  # a new schedule, from its own step 0
+            fused.param_groups[0]["schedule"] = S.Constant(0.3)
+            fused.param_groups[0]["schedule_step"] = 0
+        if i == 5:  # no schedule: the group's own lr
+            fused.param_groups[0]["schedule"] = None
+            fused.param_groups[0]["lr"] = 0.05
+        plain.param_groups[0]["lr"] = lr
+        a[0].grad = torch.full((4,), float(i + 1))
+        b[0].grad = torch.full((4,), float(i + 1))
+        fused.step()
+        plain.step()
+        assert fused.param_groups[0]["lr"] == lr
+        assert torch.equal(a[0], b[0])

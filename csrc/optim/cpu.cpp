@@ -151,13 +151,52 @@ const char* kernel_isa() noexcept {
     return "generic";
 }
 
-bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-               const float* grad_scale, const float* found_inf, double grad_coef) noexcept {
-    if (found_inf != nullptr && *found_inf != 0.0f) return false;
+namespace {
+
+// The fused schedules' values written into the groups' rows: the lr, and the momentum where the
+// schedule has one (SGD's momentum, Adam's beta1, which must stay below 1). All are checked
+// before any is written. Returns kStepTaken, or kBadSchedule - g for the first bad group.
+int apply_schedules(const StepArgs& a, int columns, int lr_col, int momentum_col,
+                    bool momentum_below_one) {
+    if (a.schedules == nullptr) return kStepTaken;
+    for (std::int64_t g = 0; g < a.n_groups; ++g) {
+        const ScheduleNode* node = a.schedules[g];
+        if (node == nullptr) continue;
+        const double t = a.schedule_steps[g];
+        const double lr = node->value(t);
+        bool ok = std::isfinite(lr) && lr >= 0.0;
+        if (ok && node->has_momentum()) {
+            const double m = node->momentum(t);
+            ok = std::isfinite(m) && m >= 0.0 && (!momentum_below_one || m < 1.0);
+        }
+        if (!ok) return kBadSchedule - static_cast<int>(g);
+    }
+    for (std::int64_t g = 0; g < a.n_groups; ++g) {
+        const ScheduleNode* node = a.schedules[g];
+        if (node == nullptr) continue;
+        double* row_g = a.groups + g * columns;
+        const double t = a.schedule_steps[g];
+        row_g[lr_col] = node->value(t);
+        if (node->has_momentum()) row_g[momentum_col] = node->momentum(t);
+    }
+    return kStepTaken;
+}
+
+inline double inverse_scale(const StepArgs& a) {
+    return (a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0) *
+           a.grad_coef;
+}
+
+}  // namespace
+
+int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept {
+    if (args.found_inf != nullptr && *args.found_inf != 0.0f) return kStepSkipped;
+    const int scheduled = apply_schedules(args, kAdamGroupColumns, kAdamLr, kAdamBeta1, true);
+    if (scheduled != kStepTaken) return scheduled;
     // step_t += 1, once per tensor, before any thread reads it
     for (std::int64_t i = 0; i < n_rows; ++i) *ptr<float>(row(table, i), kColStep) += 1.0f;
-    const double inv_scale =
-        (grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0) * grad_coef;
+    const double inv_scale = inverse_scale(args);
+    const double* groups = args.groups;
     const auto adam = kernels().adam;
     for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
         const std::int64_t* r = row(table, i);
@@ -191,14 +230,15 @@ bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
         seg.eps = g[kAdamEps];
         adam(seg);
     });
-    return true;
+    return kStepTaken;
 }
 
-bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-              const float* grad_scale, const float* found_inf, double grad_coef) noexcept {
-    if (found_inf != nullptr && *found_inf != 0.0f) return false;
-    const double inv_scale =
-        (grad_scale != nullptr ? 1.0 / static_cast<double>(*grad_scale) : 1.0) * grad_coef;
+int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept {
+    if (args.found_inf != nullptr && *args.found_inf != 0.0f) return kStepSkipped;
+    const int scheduled = apply_schedules(args, kSgdGroupColumns, kSgdLr, kSgdMomentum, false);
+    if (scheduled != kStepTaken) return scheduled;
+    const double inv_scale = inverse_scale(args);
+    const double* groups = args.groups;
     const auto sgd = kernels().sgd;
     for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
         const std::int64_t* r = row(table, i);
@@ -222,7 +262,7 @@ bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
         sgd(seg);
     });
     for (std::int64_t i = 0; i < n_rows; ++i) table[i * kTableColumns + kColFirst] = 0;
-    return true;
+    return kStepTaken;
 }
 
 std::int64_t norm_chunks(const std::int64_t* table, std::int64_t n_rows) noexcept {

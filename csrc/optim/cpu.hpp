@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "schedule.hpp"
+
 namespace pylr {
 namespace optim {
 
@@ -39,17 +41,32 @@ enum SgdGroupColumn : int {
     kSgdStochastic, kSgdSeed, kSgdRoundingStep, kSgdGroupColumns
 };
 
-// One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates.
-// grad_scale / found_inf: AMP's 0-d float32 tensors or null. When *found_inf != 0 nothing is
-// modified (step counters included) and false is returned. Every grad is read times grad_coef
-// (a gradient-clipping coefficient; 1 for none) and divided by *grad_scale.
-bool adam_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-               const float* grad_scale, const float* found_inf, double grad_coef) noexcept;
+// What a step needs beside the table.
+struct StepArgs {
+    double* groups = nullptr;  // each group's row of scalars (Adam- or SgdGroupColumn)
+    std::int64_t n_groups = 0;
+    const float* grad_scale = nullptr;  // AMP's 0-d float32 tensors, or null
+    const float* found_inf = nullptr;
+    double grad_coef = 1.0;  // every grad is read times this (clip_grad_norm_'s coefficient)
+    // Fused schedules: per group a node (or null) evaluated at schedule_steps[g]; its value is
+    // the group's lr, its momentum (where it has one) SGD's momentum or Adam's beta1. They are
+    // written into the group's row before the update.
+    const ScheduleNode* const* schedules = nullptr;
+    const double* schedule_steps = nullptr;
+};
 
-// One SGD step over all rows of `table`; same AMP and grad_coef contract. Clears kColFirst
-// after the step.
-bool sgd_step(std::int64_t* table, std::int64_t n_rows, const double* groups,
-              const float* grad_scale, const float* found_inf, double grad_coef) noexcept;
+// A step's outcome: taken, skipped for AMP's found_inf (nothing modified), or refused because
+// group g's fused schedule gave an invalid value (kBadSchedule - g; nothing modified).
+constexpr int kStepTaken = 1;
+constexpr int kStepSkipped = 0;
+constexpr int kBadSchedule = -1;
+
+// One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates;
+// each grad is read times grad_coef and divided by *grad_scale.
+int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
+
+// One SGD step over all rows of `table`, the same contract. Clears kColFirst after the step.
+int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
 
 // The gradient norm over every row (torch.linalg.vector_norm of all grads concatenated, as
 // torch.nn.utils.clip_grad_norm_ computes it): kind is a NormKind (p for NormKind::P). Fixed
