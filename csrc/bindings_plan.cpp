@@ -34,6 +34,7 @@ namespace {
 using pylr::optim::kColGrad;
 using pylr::optim::kColNumel;
 using pylr::optim::kColParam;
+using pylr::optim::kColStep;
 using pylr::optim::kTableColumns;
 
 // How the tensors of a table column are proved current.
@@ -153,9 +154,14 @@ class PlanProof {
     // all_params: every parameter of every group, in order (the optimizer) — params without a
     // row must still have no grad at the next step; None for the functional API. state: the
     // optimizer's state dict as it is now (its order is the order expected next time), or None.
+    //
+    // owners: for the optimizer, the param each row belongs to as the optimizer holds it, and
+    // wrapped[r]: row r's tensors are the local shards (`_local_tensor`) of what the optimizer
+    // holds — a DTensor param, its DTensor grad and states — so the proof unwraps them first.
     PlanProof(const py::array_t<std::int64_t, py::array::c_style>& table, const py::list& columns,
               const std::vector<int>& proofs, const py::list& state_keys,
-              const py::object& all_params, const py::object& state)
+              const py::object& all_params, const py::object& state, const py::object& owners,
+              const std::vector<bool>& wrapped)
         : n_rows_(table.shape(0)),
           n_cols_(static_cast<int>(py::len(columns))),
           dead_(std::make_shared<bool>(false)) {
@@ -206,10 +212,23 @@ class PlanProof {
                     dtypes_[r] = d.ptr();  // dtypes are immortal singletons
                     itemsize_[r] = p.attr("element_size")().cast<std::int64_t>();
                     contiguous_[r] = p.attr("is_contiguous")().cast<bool>();
-                    if (!all_params.is_none()) row_of_param_[t] = r;
+                    if (!all_params.is_none()) {
+                        PyObject* owner = t;
+                        if (!owners.is_none()) {
+                            owner = py::list(owners)[static_cast<std::size_t>(r)].ptr();
+                        }
+                        row_of_param_[owner] = r;
+                    }
                 }
             }
             stride_start_[static_cast<std::size_t>(r) + 1] = strides_.size();
+        }
+        wrapped_.assign(static_cast<std::size_t>(n_rows_), false);
+        if (!wrapped.empty()) {
+            if (static_cast<std::int64_t>(wrapped.size()) != n_rows_) {
+                throw py::value_error("one wrapped flag per row");
+            }
+            for (std::int64_t r = 0; r < n_rows_; ++r) wrapped_[r] = wrapped[r];
         }
         if (!all_params.is_none()) {
             for (py::handle p : py::list(all_params)) {
@@ -267,6 +286,11 @@ class PlanProof {
             held_.push_back(py::reinterpret_steal<py::object>(g));
             if ((g == Py_None) != (r < 0)) return release(false);
             if (r >= 0) {
+                if (wrapped_[r]) {  // the shards the table points into
+                    p = unwrap(p);
+                    g = unwrap(g);
+                    if (p == nullptr || g == nullptr) return release(fail());
+                }
                 hold(index(r, kColParam), p);
                 current_[index(r, kColGrad)] = g;
             }
@@ -317,6 +341,14 @@ class PlanProof {
         prefetch(l.storage);
     }
 
+    // A DTensor's local shard (a new reference, kept in held_), or null with an error set.
+    PyObject* unwrap(PyObject* t) {
+        static PyObject* name = PyUnicode_InternFromString("_local_tensor");
+        PyObject* local = PyObject_GetAttr(t, name);
+        if (local != nullptr) held_.push_back(py::reinterpret_steal<py::object>(local));
+        return local;
+    }
+
     // This call's tensors stay referenced while it reads them: a torch function mode could run
     // Python code inside any of torch's methods.
     void hold(std::size_t cell, PyObject* t) {
@@ -354,11 +386,14 @@ class PlanProof {
         // a second cursor a few entries ahead prefetches the per-param dicts
         Py_ssize_t ahead_pos = 0;
         PyObject *ahead_key = nullptr, *ahead_value = nullptr;
-        for (std::int64_t i = 0; i < kPrefetchAhead; ++i) {
-            if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) prefetch(ahead_value);
-        }
+        auto look_ahead = [&] {
+            if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) {
+                prefetch(ahead_value);
+            }
+        };
+        for (std::int64_t i = 0; i < kPrefetchAhead; ++i) look_ahead();
         while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
-            if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) prefetch(ahead_value);
+            look_ahead();
             std::int64_t r = -1;
             if (k < expected_keys_.size() && key == expected_keys_[k]) {
                 r = expected_rows_[k];
@@ -372,6 +407,7 @@ class PlanProof {
             for (int c : state_cols_) {
                 if (objects_[index(r, c)] == nullptr) continue;
                 PyObject* t = PyDict_GetItemWithError(value, keys_[c].ptr());  // borrowed
+                if (t != nullptr && wrapped_[r] && c != kColStep) t = unwrap(t);  // step is plain
                 if (t == nullptr) return false;
                 hold(index(r, c), t);
             }
@@ -463,6 +499,7 @@ class PlanProof {
     std::vector<PyObject*> dtypes_;   // each row's parameter dtype
     std::vector<std::int64_t> itemsize_;  // each row's element size in bytes
     std::vector<bool> contiguous_;    // each row's parameter is contiguous
+    std::vector<bool> wrapped_;       // each row's tensors are DTensors' local shards
     std::vector<std::int64_t> strides_;       // each row's parameter strides, concatenated
     std::vector<std::size_t> stride_start_;   // row r's strides: [start[r], start[r + 1])
     std::unordered_map<PyObject*, std::int64_t> row_of_param_;  // params are held by the plan
@@ -485,9 +522,10 @@ void bind_plan(py::module_& m) {
                           "The facts a pointer table was built from, re-read before each step.")
         .def(py::init<const py::array_t<std::int64_t, py::array::c_style>&, const py::list&,
                       const std::vector<int>&, const py::list&, const py::object&,
-                      const py::object&>(),
+                      const py::object&, const py::object&, const std::vector<bool>&>(),
              py::arg("table"), py::arg("columns"), py::arg("proofs"), py::arg("state_keys"),
-             py::arg("all_params"), py::arg("state"))
+             py::arg("all_params"), py::arg("state"), py::arg("owners") = py::none(),
+             py::arg("wrapped") = std::vector<bool>{})
         .def("verify", &PlanProof::verify, py::arg("table").noconvert(), py::arg("current"),
              "Whether the table is current for this call's tensor lists (grad pointers are "
              "refreshed).")

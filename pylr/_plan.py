@@ -262,7 +262,10 @@ class PointerTable:
     by :func:`check_columns`; ``proofs[c]`` says how column ``c`` is proved at each step;
     ``state_keys[c]`` names the optimizer-state key column ``c`` comes from (or None);
     ``all_params`` is every parameter of the optimizer and ``state`` its state dict (None for
-    the functional API).
+    the functional API); ``owners[r]`` is row ``r``'s param as the optimizer holds it, and
+    ``wrapped[r]`` says the row's tensors are the local shards of DTensors (FSDP2, tensor
+    parallelism): the param, grad and states the optimizer holds, whose ``_local_tensor`` the
+    table points into.
     """
 
     __slots__ = ("numel", "proof", "table")
@@ -278,6 +281,8 @@ class PointerTable:
         state_keys: Sequence[str | None] | None = None,
         all_params: list[torch.Tensor] | None = None,
         state: dict[Any, Any] | None = None,
+        owners: list[torch.Tensor] | None = None,
+        wrapped: Sequence[bool] | None = None,
     ) -> None:
         params = columns[0]
         n = len(params)
@@ -303,7 +308,14 @@ class PointerTable:
         self.numel = int(sum(numels))  # elements in the step
         keys = list(state_keys) if state_keys is not None else [None] * len(columns)
         self.proof = _core.PlanProof(
-            table, [list(c) for c in columns], [int(p) for p in proofs], keys, all_params, state
+            table,
+            [list(c) for c in columns],
+            [int(p) for p in proofs],
+            keys,
+            all_params,
+            state,
+            owners,
+            list(wrapped) if wrapped is not None else [],
         )
 
     def is_current(self, columns: list[list[Any]]) -> bool:

@@ -66,6 +66,40 @@ def _sync_threads() -> None:
     _threads_synced = True
 
 
+def _dtensor_class() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return None
+    return DTensor
+
+
+_DTensor = _dtensor_class()
+
+
+def _is_dtensor(t: Any) -> bool:
+    return _DTensor is not None and isinstance(t, _DTensor)
+
+
+def _shard_of(label: str, t: Any, param: torch.Tensor) -> Any:
+    """The local shard the C++ step updates for ``t`` (a grad or state) of DTensor ``param``:
+    ``t`` must be a DTensor laid out as the param (mesh and placements), as FSDP2 and torch's
+    optimizers keep them."""
+    if t is None:
+        return None
+    if not _is_dtensor(t):
+        raise TypeError(
+            f"{label} is a {type(t).__name__} but its param is a DTensor: the grad and state of "
+            "a DTensor param must be DTensors with its mesh and placements"
+        )
+    if t.device_mesh != param.device_mesh or t.placements != param.placements:
+        raise ValueError(
+            f"{label} has placements {t.placements} on {t.device_mesh}, its param "
+            f"{param.placements} on {param.device_mesh}"
+        )
+    return t._local_tensor
+
+
 def _check_state_options(state_dtype: Any, rounding_seed: Any) -> None:
     if state_dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(
@@ -98,6 +132,7 @@ class _Plan:
         "schedule_steps",
         "scheduled",
         "schedules",
+        "shards",
         "table",
     )
 
@@ -129,6 +164,8 @@ class _Plan:
         self.scheduled: list[tuple[int, bool]] = []  # (group, has momentum)
         # the params whose state this plan created, until its first step is taken
         self.created: list[torch.Tensor] = []
+        # DTensor params' local shards (autograd's version counters are bumped on both)
+        self.shards: list[torch.Tensor] = []
 
     def set_schedules(self, schedules: tuple[Schedule | None, ...]) -> None:
         self.schedules = schedules
@@ -324,6 +361,8 @@ class _FusedOptimizer(Optimizer):
             # autograd's version counters guard tensors saved for backward: the params (the
             # optimizer's own state never enters a graph)
             torch._C._increment_version(plan.params)
+            if plan.shards:
+                torch._C._increment_version(plan.shards)
             self._after_step(plan)
             # the values the fused schedules gave this step, shown in the groups
             lr_col, momentum_col = self._schedule_columns
@@ -389,6 +428,17 @@ class _FusedOptimizer(Optimizer):
         if plan is None:
             return torch.tensor(0.0)
         pending = self._grad_coef
+        if plan.shards:
+            # DTensor grads (FSDP2, tensor parallelism): torch's norm, which reduces across the
+            # shards as their placements say
+            total = torch.nn.utils.get_total_norm(
+                self._grads_of(plan), p, error_if_nonfinite=error_if_nonfinite
+            )
+            if pending != 1.0:
+                total = total * pending
+            full = total.full_tensor() if _is_dtensor(total) else total
+            self._grad_coef = pending * self._clip_coefficient(full, limit)
+            return total
         if p == 0:
             # torch's 0-"norm" of the per-tensor norms: how many grads have a nonzero element
             norm = float(sum(bool(g.count_nonzero()) for g in self._grads_of(plan)))
@@ -413,12 +463,17 @@ class _FusedOptimizer(Optimizer):
                 "so it cannot be clipped. To disable this error and scale the gradients by the "
                 "non-finite norm anyway, set `error_if_nonfinite=False`"
             )
-        # torch's arithmetic, in the norm's dtype: max_norm * (1 / (total + 1e-6)), clamped
-        wide = np.float64 if plan.grad_dtype == torch.float64 else np.float32
-        with np.errstate(all="ignore"):
-            coef = wide(1) / (wide(total.item()) + wide(1e-6)) * wide(limit)
-        self._grad_coef = pending * float(min(coef, wide(1)))
+        self._grad_coef = pending * self._clip_coefficient(total, limit)
         return total
+
+    @staticmethod
+    def _clip_coefficient(total: torch.Tensor, max_norm: float) -> float:
+        """torch's ``min(1, max_norm / (total + 1e-6))`` in its arithmetic and the norm's dtype
+        (float32 for half norms): ``max_norm * (1 / (total + 1e-6))``, clamped."""
+        wide = np.float64 if total.dtype == torch.float64 else np.float32
+        with np.errstate(all="ignore"):
+            coef = wide(1) / (wide(total.item()) + wide(1e-6)) * wide(max_norm)
+        return float(min(coef, wide(1)))
 
     @staticmethod
     def _grads_of(plan: _Plan) -> list[torch.Tensor]:
@@ -481,29 +536,58 @@ class _FusedOptimizer(Optimizer):
 
     def _new_plan(
         self,
+        params: list[torch.Tensor],
         columns: list[list[Any]],
         rows: list[int],
         proofs: Sequence[Any],
         state_keys: Sequence[str | None],
         first_step: Sequence[bool] | None = None,
     ) -> _Plan:
+        """The plan over ``columns`` (the tensors the table points into: for a DTensor param,
+        the local shards of it, its grad and its states) for the optimizer's ``params``."""
         group_params = [list(g["params"]) for g in self.param_groups]
         all_params = [p for g in group_params for p in g]
         # stochastic rounding's per-tensor salt: the param's place among all of them
         place = {id(p): i for i, p in enumerate(all_params)}
+        wrapped = [_is_dtensor(p) for p in params]
         table = PointerTable(
             columns,
             rows,
             proofs,
             first_step=first_step,
-            salts=[place[id(p)] for p in columns[0]],
+            salts=[place[id(p)] for p in params],
             state_keys=state_keys,
             all_params=all_params,
             state=self.state,
+            owners=params,
+            wrapped=wrapped,
         )
-        return _Plan(
-            table, columns[0], all_params, group_params, self._plan_flags(), self._group_columns
+        plan = _Plan(
+            table, params, all_params, group_params, self._plan_flags(), self._group_columns
         )
+        plan.shards = [c for c, w in zip(columns[0], wrapped, strict=True) if w]
+        return plan
+
+    def _local_columns(
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], labels: list[str]
+    ) -> tuple[list[Any], list[Any]]:
+        """The tensors the table points into for the params and grads: themselves, or for a
+        DTensor param (FSDP2, tensor parallelism) its local shard and its grad's."""
+        local_params, local_grads = [], []
+        for p, g, label in zip(params, grads, labels, strict=True):
+            if _is_dtensor(p):
+                local_params.append(p._local_tensor)
+                local_grads.append(_shard_of(f"{label}.grad", g, p))
+            else:
+                if _is_dtensor(g):
+                    raise TypeError(f"{label}.grad is a DTensor but the param is not")
+                local_params.append(p)
+                local_grads.append(g)
+        return local_params, local_grads
+
+    @staticmethod
+    def _local_state(label: str, t: Any, p: torch.Tensor) -> Any:
+        return _shard_of(label, t, p) if _is_dtensor(p) else t
 
     def _labels(self, params: list[torch.Tensor]) -> list[str]:
         where = {}
@@ -730,14 +814,24 @@ class Adam(_FusedOptimizer):
                 isinstance(step, torch.Tensor) and step.numel() == 1 and step.is_floating_point()
             ):
                 raise TypeError(f"{label}: state 'step' must be a 1-element float tensor")
+        local_params, local_grads = self._local_columns(params, grads, labels)
+        shard = self._local_state
         columns = [
-            params,
-            grads,
-            [None if s is None else s["exp_avg"] for s in existing],
-            [None if s is None else s["exp_avg_sq"] for s in existing],
+            local_params,
+            local_grads,
             [
-                s["max_exp_avg_sq"] if s is not None and amsgrad[r] else None
-                for s, r in zip(existing, rows, strict=True)
+                None if s is None else shard(f"{label}: exp_avg", s["exp_avg"], p)
+                for s, label, p in zip(existing, labels, params, strict=True)
+            ],
+            [
+                None if s is None else shard(f"{label}: exp_avg_sq", s["exp_avg_sq"], p)
+                for s, label, p in zip(existing, labels, params, strict=True)
+            ],
+            [
+                shard(f"{label}: max_exp_avg_sq", s["max_exp_avg_sq"], p)
+                if s is not None and amsgrad[r]
+                else None
+                for s, r, label, p in zip(existing, rows, labels, params, strict=True)
             ],
             # a float64 or device step converts below (as torch's load_state_dict does)
             [
@@ -766,11 +860,14 @@ class Adam(_FusedOptimizer):
                     state["max_exp_avg_sq"] = zeros()
             elif columns[5][i] is None:
                 state["step"] = state["step"].to("cpu", torch.float32)
-            columns[2][i] = state["exp_avg"]
-            columns[3][i] = state["exp_avg_sq"]
-            columns[4][i] = state["max_exp_avg_sq"] if amsgrad[r] else None
+            columns[2][i] = shard("exp_avg", state["exp_avg"], p)
+            columns[3][i] = shard("exp_avg_sq", state["exp_avg_sq"], p)
+            columns[4][i] = (
+                shard("max_exp_avg_sq", state["max_exp_avg_sq"], p) if amsgrad[r] else None
+            )
             columns[5][i] = state["step"]
         plan = self._new_plan(
+            params,
             columns,
             rows,
             (Proof.PARAM, Proof.GRAD, Proof.STATE, Proof.STATE, Proof.STATE, Proof.STATE),
@@ -944,8 +1041,10 @@ class SGD(_FusedOptimizer):
         buffers: list[torch.Tensor | None] = []
         for p, label, r in zip(params, labels, rows, strict=True):
             state = self._existing_state(p, label) if momentum[r] else None
-            buffers.append(None if state is None else state.get("momentum_buffer"))
-        columns = [params, grads, buffers]
+            buf = None if state is None else state.get("momentum_buffer")
+            buffers.append(self._local_state(f"{label}: momentum_buffer", buf, p))
+        local_params, local_grads = self._local_columns(params, grads, labels)
+        columns = [local_params, local_grads, buffers]
         check_columns(("params", "grads", "momentum_buffer"), columns, labels)
         first = [momentum[r] and b is None for b, r in zip(buffers, rows, strict=True)]
         new_dtypes = [
@@ -955,11 +1054,11 @@ class SGD(_FusedOptimizer):
         fresh = []
         for i, p in enumerate(params):
             if first[i]:
-                buffers[i] = torch.empty_like(
-                    p, dtype=new_dtypes[i], memory_format=torch.preserve_format
-                )
-                fresh.append((p, buffers[i]))
+                buf = torch.empty_like(p, dtype=new_dtypes[i], memory_format=torch.preserve_format)
+                buffers[i] = self._local_state("momentum_buffer", buf, p)
+                fresh.append((p, buf))
         plan = self._new_plan(
+            params,
             columns,
             rows,
             (Proof.PARAM, Proof.GRAD, Proof.STATE),

@@ -371,9 +371,10 @@ def test_tensors_without_plain_memory_are_rejected(make, match, cls):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
-def test_dtensor_params_are_rejected_with_a_clear_error():
-    """FSDP2's fully_shard makes params DTensors; before the distributed work lands they must be
-    refused before anything is touched (they segfaulted)."""
+def test_dtensor_params_step_their_local_shards_like_torch():
+    """FSDP2's fully_shard makes params DTensors (they segfaulted): pylr steps their local
+    shards in its C++ call and keeps DTensor state with the params' placements, as torch does.
+    (The multi-process runs are in test_distributed.py; here one process, one shard.)"""
     import torch.distributed as dist
     from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
 
@@ -382,13 +383,37 @@ def test_dtensor_params_are_rejected_with_a_clear_error():
     dist.init_process_group("gloo", rank=0, world_size=1)
     try:
         mesh = DeviceMesh("cpu", [0])
-        p = torch.nn.Parameter(distribute_tensor(torch.ones(8), mesh, [Shard(0)]))
-        p.grad = distribute_tensor(torch.ones(8), mesh, [Shard(0)])
-        for cls in (PO.AdamW, PO.SGD):
-            opt = cls([p], lr=0.1)
+        for torch_cls, pylr_cls in ((torch.optim.AdamW, PO.AdamW), (torch.optim.SGD, PO.SGD)):
+            kw = {"lr": 0.1} if pylr_cls is PO.AdamW else {"lr": 0.1, "momentum": 0.9}
+            ours = [
+                torch.nn.Parameter(distribute_tensor(torch.arange(8.0) - i, mesh, [Shard(0)]))
+                for i in range(2)
+            ]
+            theirs = [
+                torch.nn.Parameter(distribute_tensor(p.full_tensor().detach(), mesh, [Shard(0)]))
+                for p in ours
+            ]
+            opt, ref = pylr_cls(ours, **kw), torch_cls(theirs, foreach=False, **kw)
+            for step in range(3):
+                for a, b in zip(ours, theirs, strict=True):
+                    g = distribute_tensor(torch.full((8,), step + 1.0), mesh, [Shard(0)])
+                    a.grad, b.grad = g, g.clone()
+                opt.step()
+                ref.step()
+                for a, b in zip(ours, theirs, strict=True):
+                    torch.testing.assert_close(a.full_tensor(), b.full_tensor())
+            for a, b in zip(ours, theirs, strict=True):
+                for key, v in ref.state[b].items():
+                    w = opt.state[a][key]
+                    assert type(w) is type(v) and getattr(w, "placements", None) == getattr(
+                        v, "placements", None
+                    )
+            # a plain grad for a DTensor param is refused, nothing changed
+            before = ours[0].full_tensor().clone()
+            ours[0].grad = torch.ones(8)
             with pytest.raises(TypeError, match="DTensor"):
                 opt.step()
-            assert torch.equal(p.full_tensor(), torch.ones(8)) and len(opt.state) == 0
+            assert torch.equal(ours[0].full_tensor(), before)
     finally:
         dist.destroy_process_group()
 
