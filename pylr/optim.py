@@ -66,6 +66,10 @@ def _sync_threads() -> None:
     _threads_synced = True
 
 
+# group keys of pylr's own (beyond torch's), and the values that mean "not used"
+_PYLR_GROUP_DEFAULTS = {"state_dtype": None, "rounding_seed": 0}
+
+
 def _dtensor_class() -> type | None:
     try:
         from torch.distributed.tensor import DTensor
@@ -260,6 +264,14 @@ class _FusedOptimizer(Optimizer):
             s = group.get("schedule")
             if isinstance(s, Schedule):
                 group["schedule"] = s.to_dict()
+            else:
+                # pylr's own keys only where they say something: a checkpoint of an optimizer
+                # using none of them has torch's keys exactly (DCP loads require the same keys)
+                group.pop("schedule", None)
+                group.pop("schedule_step", None)
+            for key, default in _PYLR_GROUP_DEFAULTS.items():
+                if key in group and group[key] == default:
+                    del group[key]
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
