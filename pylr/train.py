@@ -261,32 +261,29 @@ class History:
     def plot_lr(self, path: str | os.PathLike[str] | None = None, ax: Any = None) -> Any:
         """Each param group's lr per step, and its momentum (dashed, right axis) where the
         optimizer has one; groups that used the same values at every step (the default
-        optimizer's decayed and not-decayed params) are one line. The legend, above the plot,
-        names every line. Returns the lr Axes; saved to ``path``."""
+        optimizer's decayed and not-decayed params) share one line. The legend, above the
+        plot, names every line. Returns the lr Axes; saved to ``path``."""
         from pylr import plot
 
         ax = plot.axes(ax, path)
         lr, mom = self.lr, self.momentum
         x = np.arange(len(lr))
         mom_name = "momentum (beta1)" if self.momentum_name == "beta1" else "momentum"
-        sets = _same_groups(lr, mom)
-        mom_ax = None
-        for i, groups in enumerate(sets):
-            g, color = groups[0], f"C{i % 10}"
-            if len(sets) == 1:
-                which = ""
-            elif len(groups) == 1:
-                which = f" (group {g})"
-            else:
-                which = f" (groups {', '.join(map(str, groups))})"
-            ax.plot(x, lr[:, g], color=color, label=f"lr{which}")
-            if len(mom) and np.isfinite(mom[:, g]).any():
-                if mom_ax is None:
-                    mom_ax = ax.twinx()
-                    mom_ax.set_ylabel(f"{mom_name} (dashed)")
-                mom_ax.plot(
-                    x, mom[:, g], color=color, linestyle="--", alpha=0.7, label=f"{mom_name}{which}"
-                )
+        has_mom = [g for g in range(self.n_groups) if len(mom) and np.isfinite(mom[:, g]).any()]
+        lr_sets = _same_columns(lr, range(self.n_groups))
+        mom_sets = _same_columns(mom, has_mom)
+        single = len(lr_sets) == 1 and len(mom_sets) <= 1
+        color = {g: f"C{i % 10}" for i, groups in enumerate(lr_sets) for g in groups}
+        for groups in lr_sets:
+            label = "lr" + _which_groups(groups, single)
+            ax.plot(x, lr[:, groups[0]], color=color[groups[0]], label=label)
+        mom_ax = ax.twinx() if mom_sets else None
+        for groups in mom_sets:
+            g = groups[0]
+            label = mom_name + _which_groups(groups, single)
+            mom_ax.plot(x, mom[:, g], color=color[g], linestyle="--", alpha=0.7, label=label)
+        if mom_ax is not None:
+            mom_ax.set_ylabel(f"{mom_name} (dashed)")
         ax.set_xlabel("step")
         ax.set_ylabel("learning rate")
         ax.grid(True, alpha=0.3)
@@ -318,20 +315,26 @@ class History:
         )
 
 
-def _same_groups(lr: np.ndarray, mom: np.ndarray) -> list[list[int]]:
-    """The param groups, gathered where their lr and momentum columns are equal throughout."""
+def _same_columns(values: np.ndarray, columns: Iterable[int]) -> list[list[int]]:
+    """``columns`` gathered where ``values[:, c]`` is the same at every step."""
     sets: list[list[int]] = []
-    for g in range(lr.shape[1]):
-        for groups in sets:
-            h = groups[0]
-            if np.array_equal(lr[:, g], lr[:, h]) and np.array_equal(
-                mom[:, g], mom[:, h], equal_nan=True
-            ):
-                groups.append(g)
+    for c in columns:
+        for same in sets:
+            if np.array_equal(values[:, c], values[:, same[0]], equal_nan=True):
+                same.append(c)
                 break
         else:
-            sets.append([g])
+            sets.append([c])
     return sets
+
+
+def _which_groups(groups: list[int], single: bool) -> str:
+    """The legend's note of which param groups a line is: none when one line says it all."""
+    if single:
+        return ""
+    if len(groups) == 1:
+        return f" (group {groups[0]})"
+    return f" (groups {', '.join(map(str, groups))})"
 
 
 _MOMENTUM_NAMES = {"betas": "beta1", "momentum": "momentum", None: None}
