@@ -1,7 +1,8 @@
 """A lean training loop: ``fit`` and ``fit_one_cycle``, with a ``History`` of every step.
 
-The loop is forward, backward, optional gradient clipping, the optimizer step with the lr (and
-momentum) of a :mod:`pylr.schedules` schedule, and ``zero_grad``. With pylr's own optimizers
+The loop is the lr (and momentum) of a :mod:`pylr.schedules` schedule, then one
+:func:`pylr._loop.train_step` (the one ``lr_find`` takes too): forward, backward, optional
+gradient clipping, the optimizer step and ``zero_grad``. With pylr's own optimizers
 the schedule is fused into the step (evaluated in C++ inside it); with any other optimizer the
 loop writes the schedule's values into the param groups before each step.
 """
@@ -499,8 +500,10 @@ def fit(
     step, ``zero_grad(set_to_none=True)``. Step ``t`` (counted from 0 over the whole run) uses
     ``lr = schedule(t)`` — a :mod:`pylr.schedules` schedule scales each group's lr at the start,
     a list gives each group its absolute schedule — and, where the schedule defines one, its
-    momentum as SGD's ``momentum`` or Adam's ``betas[0]``. With pylr's optimizers the schedule
-    is evaluated in C++ inside the step; the groups keep the last step's values afterwards.
+    momentum as Adam's ``betas[0]`` or SGD's ``momentum``, except in an SGD group whose
+    momentum is 0: that stays plain SGD, as in fastai. With pylr's optimizers the schedule is
+    evaluated in C++ inside the step (driven from Python where a momentum is withheld); the
+    groups keep the last step's values afterwards.
     ``schedule`` may also be a torch scheduler object of ``optimizer`` (any
     ``torch.optim.lr_scheduler`` or ``pylr.lr_scheduler`` class): it is stepped after every
     optimizer step, or after every epoch on the validation (else training) loss for

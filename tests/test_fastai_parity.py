@@ -288,6 +288,17 @@ def test_wd_with_your_own_optimizer_keeps_exempt_groups_at_zero():
     with pytest.raises(ValueError, match="wd must be a finite number >= 0"):
         pylr.lr_find(model, loader, CE, wd=-1.0)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]  # untouched
+    # lr_find(wd=...) sweeps at that wd, then restores the optimizer's own
+    loader = [(torch.randn(16, 64), torch.randint(0, 10, (16,))) for _ in range(4)]
+    swept = pylr.lr_find(model, loader, CE, opt, wd=0.5, num_iter=8, end_lr=1.0)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    for g in opt.param_groups[:1]:
+        g["weight_decay"] = 0.5
+    same = pylr.lr_find(model, loader, CE, opt, num_iter=8, end_lr=1.0)
+    np.testing.assert_array_equal(swept.raw_losses, same.raw_losses)
+    opt.param_groups[0]["weight_decay"] = 0.2
+    other = pylr.lr_find(model, loader, CE, opt, num_iter=8, end_lr=1.0)
+    assert not np.array_equal(swept.raw_losses, other.raw_losses)
 
 
 # ---------------------------------------------------------------------------------------------
