@@ -195,18 +195,21 @@ class LRFindResult:
         """The suggestion of :attr:`method`."""
         return self.suggestions[self._method]
 
-    def _finite(self) -> tuple[np.ndarray, np.ndarray]:
-        """The recorded points up to the first non-finite loss."""
-        bad = np.flatnonzero(~np.isfinite(self.losses))
-        n = int(bad[0]) if bad.size else len(self.losses)
-        return self.lrs[:n], self.losses[:n]
+    def _curve(self, skip_start: int | None, skip_end: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The points the suggestions and the plot use, picked as fastai's ``lr_find`` picks
+        them: the recorded points (the diverged step included) without the first
+        ``num_iter // 10`` and the last 5, then cut at the first non-finite loss."""
+        part = _trim(self.num_iter, len(self.losses), skip_start, skip_end)
+        lrs, losses = self.lrs[part], self.losses[part]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        n = int(bad[0]) if bad.size else len(losses)
+        return lrs[:n], losses[:n]
 
     def _suggest(self) -> dict[str, float]:
-        lrs, losses = self._finite()
+        lrs, losses = self._curve(None, None)
         if len(lrs) == 0:
             return dict.fromkeys(SUGGESTIONS, math.nan)
-        part = _trim(self.num_iter, len(lrs), None, None)
-        return {name: rule(lrs[part], losses[part]) for name, rule in SUGGESTIONS.items()}
+        return {name: rule(lrs, losses) for name, rule in SUGGESTIONS.items()}
 
     def plot(
         self,
@@ -227,9 +230,7 @@ class LRFindResult:
         from pylr import plot
 
         ax = plot.axes(ax, path)
-        lrs, losses = self._finite()
-        part = _trim(self.num_iter, len(lrs), skip_start, skip_end)
-        x, y = lrs[part], losses[part]
+        x, y = self._curve(skip_start, skip_end)
         ax.plot(x, y, color="C0", label="smoothed loss")
         if suggestions and len(x):
             for i, (name, lr) in enumerate(self.suggestions.items()):

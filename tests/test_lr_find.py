@@ -558,6 +558,26 @@ def result_of(lrs, losses):
     )
 
 
+@pytest.mark.parametrize("last", [math.inf, math.nan])
+def test_suggestions_use_fastais_points_of_a_sweep_that_ended_in_a_non_finite_loss(last):
+    """fastai drops the first num_iter // 10 and the last 5 recorded points — the diverged
+    one among them — then cuts at the first NaN; pylr picks the same points."""
+    num_iter, n = 100, 50
+    lrs = 1e-7 * (1e8) ** (np.arange(n) / (num_iter - 1))
+    losses = np.append(np.linspace(3.0, 1.0, n - 1), last)  # falling up to the last step
+    result = lr_finder.LRFindResult(
+        lrs[:, None], losses, losses, num_iter=num_iter, step_mode="exp", stopped_early=True
+    )
+    kept = slice(num_iter // 10, n - 5)
+    for name, rule in lr_finder.SUGGESTIONS.items():
+        assert result.suggestions[name] == rule(lrs[kept], losses[kept]), name
+    assert result.suggestions["minimum"] == lrs[n - 6] / 10
+    from matplotlib.figure import Figure
+
+    ax = result.plot(ax=Figure().add_subplot())
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), lrs[kept])
+
+
 def test_steep_stays_before_a_blow_up():
     lrs, losses = blow_up_curve()
     result = result_of(lrs, losses)
