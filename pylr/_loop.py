@@ -1,5 +1,5 @@
 """What ``lr_find`` and ``fit`` share: batches and devices, autocast, loss checks, loaders,
-param-group writes and evaluation."""
+the training step, fastai's default optimizer, param-group writes and evaluation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-__all__ = ["accuracy", "evaluate"]
+__all__ = ["NORM_TYPES", "accuracy", "evaluate", "norm_bias_params", "weight_decay_groups"]
 
 Metric = Callable[[Any, Any], Any]
 
@@ -303,6 +303,15 @@ def set_group_value(group: dict[str, Any], key: str, value: float) -> None:
         group[key] = value
 
 
+def has_momentum(group: dict[str, Any], key: str | None) -> bool:
+    """Whether a schedule's momentum may drive this group: Adam's ``betas[0]`` always (fastai
+    cycles Adam's ``mom`` too); SGD's ``momentum`` only where it is not 0 — an SGD without
+    momentum stays without, as fastai's ``SGD(mom=0)`` (no momentum step at all) does."""
+    if key == "betas":
+        return True
+    return key == "momentum" and float(group["momentum"]) != 0.0
+
+
 def group_momentum(group: dict[str, Any], key: str | None) -> float:
     if key is None:
         return math.nan
@@ -395,3 +404,157 @@ def evaluate(
     amp_ = Amp(amp, dev)
     move_to(model, dev)
     return _evaluate(model, loader, loss_fn, named, dev, amp_, "loader")
+
+
+# --------------------------------------------------------------------------------------------
+# One training step
+
+
+def train_step(
+    model: nn.Module,
+    loss_fn: Callable[..., Any],
+    optimizer: Optimizer,
+    batches: Iterator[Any],
+    amp: Amp,
+    device: torch.device,
+    *,
+    accumulation_steps: int = 1,
+    grad_clip: float | None = None,
+    check_loss: bool = False,
+) -> list[Tensor]:
+    """One optimizer step over ``accumulation_steps`` batches taken from ``batches``; returns
+    each batch's loss, detached.
+
+    For each batch ``(inputs..., target)``: ``loss = loss_fn(model(*inputs), target)`` under
+    ``amp``'s autocast, and ``backward`` of ``loss / accumulation_steps`` (through the
+    ``GradScaler`` for float16), so the grads are those of the mean loss. Then, with
+    ``grad_clip``, the grads (unscaled first) are clipped to a total norm
+    ``||g||_2 <= grad_clip``; the optimizer steps (the scaler skips a step with inf/NaN grads)
+    and the grads are set to None. ``check_loss`` checks the first batch's loss
+    (:func:`check_first_loss`). lr and momentum are the caller's business, written before.
+    """
+    losses: list[Tensor] = []
+    for k in range(accumulation_steps):
+        inputs, target = split_batch(to_device(next(batches), device), "train_loader")
+        with amp.autocast():
+            loss = loss_fn(model(*inputs), target)
+        if check_loss and k == 0:
+            check_first_loss(loss, "the first batch")
+        amp.backward(loss / accumulation_steps if accumulation_steps > 1 else loss)
+        losses.append(loss.detach())
+    if grad_clip is not None:
+        amp.unscale(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    amp.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+# --------------------------------------------------------------------------------------------
+# fastai's default optimizer: weight decay on everything but biases and normalisation params
+
+NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
+    getattr(nn, name)
+    for name in (
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "LazyBatchNorm1d",
+        "LazyBatchNorm2d",
+        "LazyBatchNorm3d",
+        "SyncBatchNorm",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "LazyInstanceNorm1d",
+        "LazyInstanceNorm2d",
+        "LazyInstanceNorm3d",
+        "LayerNorm",
+        "GroupNorm",
+        "RMSNorm",  # torch >= 2.4
+    )
+    if hasattr(nn, name)
+)
+"""The normalisation layers whose parameters (weight and bias) are not decayed by default.
+fastai's ``norm_types`` are BatchNorm1d/2d/3d, InstanceNorm1d/2d/3d and LayerNorm; pylr adds
+their lazy and synchronised variants, GroupNorm and RMSNorm (fastai decays the weights of those
+three, and their biases only as biases). Subclasses count too."""
+
+
+def norm_bias_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters fastai does not decay (``wd_bn_bias=False``): every parameter of a
+    normalisation layer (an instance of :data:`NORM_TYPES`), and the ``bias`` parameter of
+    every other module — fastai's ``norm_bias_params``. In ``model.parameters()`` order, each
+    once."""
+    chosen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, NORM_TYPES):
+            chosen.update(id(p) for p in module.parameters())
+        elif isinstance(getattr(module, "bias", None), nn.Parameter):
+            chosen.add(id(module.bias))
+    return [p for p in model.parameters() if id(p) in chosen]
+
+
+def weight_decay_groups(
+    model: nn.Module, weight_decay: float, wd_bn_bias: bool = False
+) -> list[dict[str, Any]]:
+    """Param groups for fastai's weight decay: ``[{"params": decayed, "weight_decay": wd},
+    {"params": norm_bias_params(model), "weight_decay": 0.0, "do_wd": False}]`` — or one group
+    of all parameters with ``wd_bn_bias=True`` (fastai's option of that name). An empty group
+    is left out. ``do_wd: False`` marks the group that ``fit_one_cycle(wd=...)`` and
+    ``lr_find(wd=...)`` leave at zero."""
+    if not isinstance(wd_bn_bias, bool):
+        raise TypeError(f"wd_bn_bias must be True or False, got {type(wd_bn_bias).__name__}")
+    params = list(model.parameters())
+    if wd_bn_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    exempt = {id(p) for p in norm_bias_params(model)}
+    groups = [
+        {"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+        {
+            "params": [p for p in params if id(p) in exempt],
+            "weight_decay": 0.0,
+            "do_wd": False,
+        },
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def check_wd(wd: Any, wd_bn_bias: Any, optimizer: Optimizer | None) -> None:
+    """``wd``: None or a finite number >= 0; ``wd_bn_bias``: None or a bool, and only for the
+    default optimizer (which is the one it groups)."""
+    if wd is not None:
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)):
+            raise TypeError(f"wd must be a number, got {type(wd).__name__}")
+        if not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"wd must be a finite number >= 0, got {wd!r}")
+    if wd_bn_bias is not None:
+        if not isinstance(wd_bn_bias, bool):
+            raise TypeError(f"wd_bn_bias must be True, False or None, got {wd_bn_bias!r}")
+        if optimizer is not None:
+            raise ValueError(
+                "wd_bn_bias groups the default optimizer's params; with your own optimizer, "
+                "build its groups with pylr.train.weight_decay_groups(model, wd, wd_bn_bias=...)"
+            )
+
+
+def set_weight_decay(optimizer: Optimizer, wd: float) -> None:
+    """``weight_decay = wd`` in every group but those marked ``do_wd: False``."""
+    for group in optimizer.param_groups:
+        if group.get("do_wd", True):
+            group["weight_decay"] = float(wd)
+
+
+def fastai_adamw(
+    model: nn.Module, lr: float, beta1: float, wd: float | None, wd_bn_bias: bool | None
+) -> Optimizer:
+    """fastai's ``Adam`` as ``fit_one_cycle`` and ``lr_find`` use it by default:
+    ``pylr.optim.AdamW(weight_decay_groups(model, 0.01 if wd is None else wd, wd_bn_bias),
+    lr, betas=(beta1, 0.99), eps=1e-5)`` — fastai's ``mom``, ``sqr_mom=0.99``, ``eps=1e-5``,
+    ``wd=0.01``, decoupled (``p *= 1 - lr * wd``), not on biases and normalisation params."""
+    from pylr.optim import AdamW
+
+    weight_decay = 0.01 if wd is None else float(wd)
+    groups = weight_decay_groups(model, weight_decay, bool(wd_bn_bias))
+    return AdamW(groups, lr=lr, betas=(beta1, 0.99), eps=1e-5, weight_decay=weight_decay)

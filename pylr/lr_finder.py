@@ -23,7 +23,16 @@ from torch.optim import Optimizer
 from pylr import _loop
 from pylr.schedules import Exponential, Linear, Schedule
 
-__all__ = ["SUGGESTIONS", "LRFindResult", "lr_find", "minimum", "slide", "steep", "valley"]
+__all__ = [
+    "SUGGESTIONS",
+    "LRFindResult",
+    "loss_ylim",
+    "lr_find",
+    "minimum",
+    "slide",
+    "steep",
+    "valley",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,11 +81,23 @@ def minimum(lrs: np.ndarray, losses: np.ndarray) -> float:
 
 
 def steep(lrs: np.ndarray, losses: np.ndarray) -> float:
-    """The lr where the loss falls fastest against log(lr): the left end of the steepest
-    segment of the curve."""
+    """fastai's ``steep`` — the lr where the loss falls fastest against log(lr), the left end
+    of the segment with the most negative ``(loss[i+1] - loss[i]) / (log lr[i+1] - log lr[i])``
+    — on the curve up to its lowest loss.
+
+    The one change from fastai: fastai searches the whole curve. Where the sweep stops at the
+    divergence (the loss above 4x its best) and the last 5 points are dropped, the steepest
+    fall is before the lowest loss anyway and both agree. Where the loss jumps up but stays
+    below the stop (the model broken, settling at a high loss), fastai's rule picks the fall
+    *after* the jump — an lr past the divergence (0.63 on fastai's own run of the digits demo)
+    — which the lowest-loss bound excludes.
+    """
     if len(losses) < 2:
         return float(lrs[0])
-    slopes = np.diff(losses) / np.diff(np.log(lrs))
+    end = int(np.argmin(losses)) + 1
+    if end < 2:  # the lowest loss comes first: no fall before it, fastai's rule on all of it
+        end = len(losses)
+    slopes = np.diff(losses[:end]) / np.diff(np.log(lrs[:end]))
     return float(lrs[int(np.argmin(slopes))])
 
 
@@ -96,6 +117,29 @@ def _trim(n_iter: int, n: int, skip_start: int | None, skip_end: int | None) -> 
     if hi - lo < 3:
         return slice(0, n)
     return slice(lo, hi)
+
+
+def loss_ylim(losses: np.ndarray, headroom: float = 0.5) -> tuple[float, float] | None:
+    """y limits that show the range test's useful part: from the lowest loss ``lo`` up to the
+    highest loss before it, ``hi`` (where the sweep started), plus ``headroom`` of that range
+    above and a twentieth below: ``(lo - (hi - lo) / 20, hi + headroom * (hi - lo))``.
+
+    The loss after the lowest point rises into the divergence; fastai's sweep stops there
+    (at 4x the best loss) and drops the last points, so its plot shows the descent at full
+    height. Where a blow-up is recorded — pylr keeps the diverged step, and a loss that jumps
+    without reaching the stop goes on for the rest of the sweep — it would flatten the descent
+    into the bottom tenth of an autoscaled plot; this clips it instead. None (autoscale) when
+    nothing rises above that top, or when the curve has no descent (``hi == lo``)."""
+    y = np.asarray(losses, dtype=np.float64)
+    if len(y) < 2:
+        return None
+    low = int(np.argmin(y))
+    lo, hi = float(y[low]), float(np.max(y[: low + 1]))
+    span = hi - lo
+    top = hi + headroom * span
+    if not span > 0 or not float(np.max(y)) > top:
+        return None
+    return lo - span / 20, top
 
 
 def _json_float(x: float) -> float | None:
@@ -151,18 +195,21 @@ class LRFindResult:
         """The suggestion of :attr:`method`."""
         return self.suggestions[self._method]
 
-    def _finite(self) -> tuple[np.ndarray, np.ndarray]:
-        """The recorded points up to the first non-finite loss."""
-        bad = np.flatnonzero(~np.isfinite(self.losses))
-        n = int(bad[0]) if bad.size else len(self.losses)
-        return self.lrs[:n], self.losses[:n]
+    def _curve(self, skip_start: int | None, skip_end: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The points the suggestions and the plot use, picked as fastai's ``lr_find`` picks
+        them: the recorded points (the diverged step included) without the first
+        ``num_iter // 10`` and the last 5, then cut at the first non-finite loss."""
+        part = _trim(self.num_iter, len(self.losses), skip_start, skip_end)
+        lrs, losses = self.lrs[part], self.losses[part]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        n = int(bad[0]) if bad.size else len(losses)
+        return lrs[:n], losses[:n]
 
     def _suggest(self) -> dict[str, float]:
-        lrs, losses = self._finite()
+        lrs, losses = self._curve(None, None)
         if len(lrs) == 0:
             return dict.fromkeys(SUGGESTIONS, math.nan)
-        part = _trim(self.num_iter, len(lrs), None, None)
-        return {name: rule(lrs[part], losses[part]) for name, rule in SUGGESTIONS.items()}
+        return {name: rule(lrs, losses) for name, rule in SUGGESTIONS.items()}
 
     def plot(
         self,
@@ -175,15 +222,15 @@ class LRFindResult:
         """Plot the smoothed loss against the lr on a log axis, with the suggestions marked.
 
         ``skip_start``/``skip_end`` drop points at either end (default: the first tenth of
-        ``num_iter`` and the last 5, as the suggestions do). With ``path`` the figure is saved
-        there. Returns the Axes.
+        ``num_iter`` and the last 5, as the suggestions do). The y axis shows the useful part
+        of the curve (:func:`loss_ylim`): a blow-up at the end leaves the plot at the top
+        instead of squeezing the descent into the bottom of it. With ``path`` the figure is
+        saved there. Returns the Axes.
         """
         from pylr import plot
 
         ax = plot.axes(ax, path)
-        lrs, losses = self._finite()
-        part = _trim(self.num_iter, len(lrs), skip_start, skip_end)
-        x, y = lrs[part], losses[part]
+        x, y = self._curve(skip_start, skip_end)
         ax.plot(x, y, color="C0", label="smoothed loss")
         if suggestions and len(x):
             for i, (name, lr) in enumerate(self.suggestions.items()):
@@ -200,6 +247,9 @@ class LRFindResult:
                     color=f"C{i + 1}",
                     label=f"{name}: {lr:.2e}",
                 )
+        ylim = loss_ylim(y)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("loss")
@@ -397,6 +447,8 @@ def lr_find(
     diverge_th: float = 4.0,
     val_loader: Iterable[Any] | None = None,
     accumulation_steps: int = 1,
+    wd: float | None = None,
+    wd_bn_bias: bool | None = None,
     device: Any = None,
     amp: Any = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -423,9 +475,18 @@ def lr_find(
     Args:
         model: any ``nn.Module``; batches are ``(inputs..., target)`` and the loss is
             ``loss_fn(model(*inputs), target)``.
-        optimizer: any torch optimizer over the model's parameters; default
-            ``pylr.optim.AdamW(model.parameters())``.
+        optimizer: any torch optimizer over the model's parameters. The default is
+            ``fit_one_cycle``'s, fastai's ``Adam``, so that the lr is found for the optimizer
+            it is then used with: ``pylr.optim.AdamW(pylr.train.weight_decay_groups(model, wd,
+            wd_bn_bias), betas=(0.9, 0.99), eps=1e-5)`` with ``wd = 0.01`` unless given, not
+            decaying biases and normalisation params unless ``wd_bn_bias=True``; beta1 is
+            fastai's ``mom=0.9`` (the sweep schedules no momentum). Its two param groups follow
+            the one sweep.
         start_lr, end_lr: the range, one value or one per param group.
+        wd: the default optimizer's weight decay; with your own optimizer, the
+            ``weight_decay`` of its groups during the sweep (except groups marked
+            ``do_wd: False``), restored afterwards like everything else.
+        wd_bn_bias: decay biases and normalisation params too (default optimizer only).
         device: run there (the model is moved there); default the model's device.
         amp: mixed precision (``True``, ``torch.float16``/``"fp16"``, ``torch.bfloat16``/
             ``"bf16"``); float16 uses a ``GradScaler``.
@@ -464,6 +525,7 @@ def lr_find(
         raise ValueError(f"progress must be True, False or 'bar', got {progress!r}")
     show = progress == "bar" or (progress is True and _loop.interactive())
     bar = _loop.Progress("bar" if show else False, num_iter)
+    _loop.check_wd(wd, wd_bn_bias, optimizer)
     n_groups = 1 if optimizer is None else len(optimizer.param_groups)
     starts = _per_group_lrs("start_lr", start_lr, n_groups)
     ends = _per_group_lrs("end_lr", end_lr, n_groups)
@@ -475,22 +537,26 @@ def lr_find(
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
     _loop.move_to(model, dev)  # everything checked: the one lasting change lr_find makes
+    own_optimizer = optimizer is not None
     if optimizer is None:
-        from pylr.optim import AdamW
-
-        optimizer = AdamW(model.parameters(), lr=starts[0])
+        optimizer = _loop.fastai_adamw(model, starts[0], 0.9, wd, wd_bn_bias)
+        columns = [0] * len(optimizer.param_groups)  # every group follows the one sweep
+    else:
+        columns = list(range(n_groups))
     sweeps = [sweep_schedule(s, e, num_iter, step_mode) for s, e in zip(starts, ends, strict=True)]
     table = np.stack([s.values(num_iter) for s in sweeps], axis=1)  # (num_iter, groups)
 
     snapshot = _Snapshot(model, optimizer, cache_dir)
     try:
+        if own_optimizer and wd is not None:
+            _loop.set_weight_decay(optimizer, wd)
         bar.start("lr_find")
         raw, smoothed, stopped = _sweep(
             model,
             train_loader,
             loss_fn,
             optimizer,
-            table,
+            table[:, columns],
             smooth,
             diverge_th,
             val_loader,
@@ -546,23 +612,21 @@ def _sweep(
     for t, lrs in enumerate(table.tolist()):
         for group, lr in zip(groups, lrs, strict=True):
             _loop.set_group_value(group, "lr", lr)
-        total = 0.0
-        for k in range(accumulation_steps):
-            batch = _loop.to_device(next(batches), device)
-            inputs, target = _loop.split_batch(batch, "train_loader")
-            with amp.autocast():
-                loss = loss_fn(model(*inputs), target)
-            if t == 0 and k == 0:
-                _loop.check_first_loss(loss, "the first batch")
-            amp.backward(loss / accumulation_steps if accumulation_steps > 1 else loss)
-            total += float(loss.detach())
-        amp.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+        losses = _loop.train_step(
+            model,
+            loss_fn,
+            optimizer,
+            batches,
+            amp,
+            device,
+            accumulation_steps=accumulation_steps,
+            check_loss=t == 0,
+        )
         if val_loader is not None:
             scores = _loop._evaluate(model, val_loader, loss_fn, {}, device, amp, "val_loader")
             value = scores["loss"]
         else:
-            value = total / accumulation_steps
+            value = sum(float(loss) for loss in losses) / accumulation_steps
         raw.append(value)
         smoothed.append(ema.update(value))
         bar.update(smoothed[-1], lrs[-1])

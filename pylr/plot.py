@@ -46,6 +46,26 @@ def save(ax: Any, path: Any) -> Any:
     return ax
 
 
+def legend_above(ax: Any, *twins: Any) -> Any:
+    """One legend for ``ax`` and its twin axes (a momentum axis), above the plot: outside the
+    data area, so it hides no curve's start or end whichever axis the curve is on. (Inside,
+    matplotlib's ``loc="best"`` would avoid only the lines of the axes it belongs to.)"""
+    handles, labels = ax.get_legend_handles_labels()
+    for twin in twins:
+        if twin is not None:
+            more = twin.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+    return ax.legend(
+        handles,
+        labels,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=max(1, min(len(labels), 4)),
+        fontsize="small",
+        frameon=False,
+    )
+
+
 def _named(schedules: Schedule | Sequence[Schedule] | Mapping[str, Schedule]) -> dict[str, Any]:
     if isinstance(schedules, Schedule):
         return {repr(schedules): schedules}
@@ -74,8 +94,10 @@ def plot_schedule(
 ) -> Any:
     """Plot the lr of one or more schedules against the step, overlaid with a legend.
 
-    Momentum, where a schedule defines it, goes on a second y axis (dashed). With ``path`` the
-    figure is also saved there (PNG, PDF, SVG, ... by extension). Returns the lr Axes.
+    Momentum, where a schedule defines it, goes on a second y axis (dashed). The legend, above
+    the plot, names each lr line and each momentum line (``momentum``, or ``momentum (name)``
+    with several schedules). With ``path`` the figure is also saved there (PNG, PDF, SVG, ...
+    by extension). Returns the lr Axes.
 
     Args:
         schedules: a schedule, a list of schedules, or a dict of legend label -> schedule.
@@ -96,9 +118,16 @@ def plot_schedule(
             if mom_ax is None:
                 mom_ax = ax.twinx()
                 mom_ax.set_ylabel("momentum (dashed)")
-            mom_ax.plot(x, s.momentum_values(steps), color=color, linestyle="--", alpha=0.7)
+            mom_ax.plot(
+                x,
+                s.momentum_values(steps),
+                color=color,
+                linestyle="--",
+                alpha=0.7,
+                label="momentum" if len(named) == 1 else f"momentum ({label})",
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    legend_above(ax, mom_ax)
     return save(ax, path)

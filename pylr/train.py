@@ -1,7 +1,8 @@
 """A lean training loop: ``fit`` and ``fit_one_cycle``, with a ``History`` of every step.
 
-The loop is forward, backward, optional gradient clipping, the optimizer step with the lr (and
-momentum) of a :mod:`pylr.schedules` schedule, and ``zero_grad``. With pylr's own optimizers
+The loop is the lr (and momentum) of a :mod:`pylr.schedules` schedule, then one
+:func:`pylr._loop.train_step` (the one ``lr_find`` takes too): forward, backward, optional
+gradient clipping, the optimizer step and ``zero_grad``. With pylr's own optimizers
 the schedule is fused into the step (evaluated in C++ inside it); with any other optimizer the
 loop writes the schedule's values into the param groups before each step.
 """
@@ -24,16 +25,20 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from pylr import _loop
+from pylr._loop import NORM_TYPES, norm_bias_params, weight_decay_groups
 from pylr.schedules import FastaiOneCycle, Schedule
 
 __all__ = [
+    "NORM_TYPES",
     "Callback",
     "EarlyStopping",
     "History",
     "StopTraining",
     "fit",
     "fit_one_cycle",
+    "norm_bias_params",
     "spread_lrs",
+    "weight_decay_groups",
 ]
 
 
@@ -175,6 +180,7 @@ class History:
         lr: shape ``(steps, groups)``, the lr each step used.
         momentum: shape ``(steps, groups)``, the momentum (SGD) or beta1 (Adam) each step used;
             NaN for optimizers without one.
+        momentum_name: ``"beta1"`` (Adam-like), ``"momentum"`` (SGD-like) or None.
         loss: shape ``(steps,)``, the training loss of each step.
         epochs: one dict per finished epoch: ``epoch``, ``train_loss`` (mean of its steps),
             ``val_loss`` and each metric (with a ``val_loader``), ``time`` (seconds).
@@ -183,9 +189,12 @@ class History:
         interrupted: True when Ctrl-C (or :class:`StopTraining`) ended the run early.
     """
 
-    def __init__(self, n_groups: int, steps_per_epoch: int | None) -> None:
+    def __init__(
+        self, n_groups: int, steps_per_epoch: int | None, momentum_name: str | None = None
+    ) -> None:
         self.n_groups = n_groups
         self.steps_per_epoch = steps_per_epoch
+        self.momentum_name = momentum_name
         self._lr: list[list[float]] = []
         self._momentum: list[list[float]] = []
         self._loss: list[Tensor] = []
@@ -252,25 +261,34 @@ class History:
 
     def plot_lr(self, path: str | os.PathLike[str] | None = None, ax: Any = None) -> Any:
         """Each param group's lr per step, and its momentum (dashed, right axis) where the
-        optimizer has one. Returns the lr Axes; saved to ``path``."""
+        optimizer has one; groups that used the same values at every step (the default
+        optimizer's decayed and not-decayed params) share one line. The legend, above the
+        plot, names every line. Returns the lr Axes; saved to ``path``."""
         from pylr import plot
 
         ax = plot.axes(ax, path)
         lr, mom = self.lr, self.momentum
         x = np.arange(len(lr))
-        mom_ax = None
-        for g in range(self.n_groups):
-            label = "lr" if self.n_groups == 1 else f"lr (group {g})"
-            ax.plot(x, lr[:, g], color=f"C{g % 10}", label=label)
-            if len(mom) and np.isfinite(mom[:, g]).any():
-                if mom_ax is None:
-                    mom_ax = ax.twinx()
-                    mom_ax.set_ylabel("momentum / beta1 (dashed)")
-                mom_ax.plot(x, mom[:, g], color=f"C{g % 10}", linestyle="--", alpha=0.7)
+        mom_name = "momentum (beta1)" if self.momentum_name == "beta1" else "momentum"
+        has_mom = [g for g in range(self.n_groups) if len(mom) and np.isfinite(mom[:, g]).any()]
+        lr_sets = _same_columns(lr, range(self.n_groups))
+        mom_sets = _same_columns(mom, has_mom)
+        single = len(lr_sets) == 1 and len(mom_sets) <= 1
+        color = {g: f"C{i % 10}" for i, groups in enumerate(lr_sets) for g in groups}
+        for groups in lr_sets:
+            label = "lr" + _which_groups(groups, single)
+            ax.plot(x, lr[:, groups[0]], color=color[groups[0]], label=label)
+        mom_ax = ax.twinx() if mom_sets else None
+        for groups in mom_sets:
+            g = groups[0]
+            label = mom_name + _which_groups(groups, single)
+            mom_ax.plot(x, mom[:, g], color=color[g], linestyle="--", alpha=0.7, label=label)
+        if mom_ax is not None:
+            mom_ax.set_ylabel(f"{mom_name} (dashed)")
         ax.set_xlabel("step")
         ax.set_ylabel("learning rate")
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
+        plot.legend_above(ax, mom_ax)
         return plot.save(ax, path)
 
     def to_dict(self) -> dict[str, Any]:
@@ -296,6 +314,31 @@ class History:
             f"History(steps={self.steps}, epochs={len(self.epochs)}"
             f"{', ' + tail if tail else ''}{', interrupted' if self.interrupted else ''})"
         )
+
+
+def _same_columns(values: np.ndarray, columns: Iterable[int]) -> list[list[int]]:
+    """``columns`` gathered where ``values[:, c]`` is the same at every step."""
+    sets: list[list[int]] = []
+    for c in columns:
+        for same in sets:
+            if np.array_equal(values[:, c], values[:, same[0]], equal_nan=True):
+                same.append(c)
+                break
+        else:
+            sets.append([c])
+    return sets
+
+
+def _which_groups(groups: list[int], single: bool) -> str:
+    """The legend's note of which param groups a line is: none when one line says it all."""
+    if single:
+        return ""
+    if len(groups) == 1:
+        return f" (group {groups[0]})"
+    return f" (groups {', '.join(map(str, groups))})"
+
+
+_MOMENTUM_NAMES = {"betas": "beta1", "momentum": "momentum", None: None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,25 +427,29 @@ class _Driver:
         self.groups = optimizer.param_groups
         self.key = _loop.momentum_key(optimizer)
         # without a schedule, fit leaves the lr alone (a schedule fused earlier keeps running)
-        self.items = [(g, s._node) for g, s in zip(self.groups, schedules or [], strict=False) if s]
-        self.fused = schedules is not None and isinstance(optimizer, _FusedOptimizer)
-        self.saved = (
-            [(g["schedule"], g["schedule_step"]) for g in self.groups] if self.fused else []
-        )
-        if self.fused:
+        pairs = [(g, s) for g, s in zip(self.groups, schedules or [], strict=False) if s]
+        # a schedule's momentum drives only groups that have one: not an SGD with momentum 0
+        cycled = [s.has_momentum and _loop.has_momentum(g, self.key) for g, s in pairs]
+        self.items = [(g, s._node, c) for (g, s), c in zip(pairs, cycled, strict=True)]
+        withheld = any(s.has_momentum for (_, s), c in zip(pairs, cycled, strict=True) if not c)
+        own = schedules is not None and isinstance(optimizer, _FusedOptimizer)
+        # a fused schedule always writes its momentum, so a withheld one is driven from here
+        self.fused = own and not withheld
+        self.saved = [(g["schedule"], g["schedule_step"]) for g in self.groups] if own else []
+        if own:
             for g, s in zip(self.groups, schedules or [], strict=True):
-                g["schedule"] = s
+                g["schedule"] = s if self.fused else None
 
     def before_step(self, t: int) -> None:
         if self.fused:
-            for g, _ in self.items:
+            for g, _, _ in self.items:
                 g["schedule_step"] = t
             return
         key = self.key
-        for g, node in self.items:
+        for g, node, cycled in self.items:
             _loop.set_group_value(g, "lr", node.value(t))
-            if key is not None and node.has_momentum:
-                _loop.set_group_value(g, key, node.momentum(t))
+            if cycled:
+                _loop.set_group_value(g, key, node.momentum(t))  # type: ignore[arg-type]
 
     def after_step(self) -> None:
         if self.per_step is not None:
@@ -413,8 +460,9 @@ class _Driver:
             self.plateau.step(logs.get("val_loss", logs["train_loss"]))
 
     def close(self) -> None:
-        """Leave the groups at the values of the last step, without the fused schedule."""
-        if self.fused:
+        """Leave the groups at the values of the last step, with the optimizer's own fused
+        schedules (if any) back in place."""
+        if self.saved:
             for g, (schedule, step) in zip(self.groups, self.saved, strict=True):
                 g["schedule"], g["schedule_step"] = schedule, step
 
@@ -452,8 +500,10 @@ def fit(
     step, ``zero_grad(set_to_none=True)``. Step ``t`` (counted from 0 over the whole run) uses
     ``lr = schedule(t)`` — a :mod:`pylr.schedules` schedule scales each group's lr at the start,
     a list gives each group its absolute schedule — and, where the schedule defines one, its
-    momentum as SGD's ``momentum`` or Adam's ``betas[0]``. With pylr's optimizers the schedule
-    is evaluated in C++ inside the step; the groups keep the last step's values afterwards.
+    momentum as Adam's ``betas[0]`` or SGD's ``momentum``, except in an SGD group whose
+    momentum is 0: that stays plain SGD, as in fastai. With pylr's optimizers the schedule is
+    evaluated in C++ inside the step (driven from Python where a momentum is withheld); the
+    groups keep the last step's values afterwards.
     ``schedule`` may also be a torch scheduler object of ``optimizer`` (any
     ``torch.optim.lr_scheduler`` or ``pylr.lr_scheduler`` class): it is stepped after every
     optimizer step, or after every epoch on the validation (else training) loss for
@@ -494,8 +544,8 @@ def fit(
     amp_ = _loop.Amp(amp, dev)
     _loop.move_to(model, dev)
 
-    history = History(len(optimizer.param_groups), steps_per_epoch)
     driver = _Driver(optimizer, schedules, _torch_scheduler(optimizer, schedule))
+    history = History(len(optimizer.param_groups), steps_per_epoch, _MOMENTUM_NAMES[driver.key])
     was_training = model.training
     t = 0
     try:
@@ -509,21 +559,21 @@ def fit(
                 progress_.start(f"epoch {epoch}/{epochs}")
                 start, first = time.perf_counter(), len(history._lr)
                 for batch in _steps(train_loader, stop):
-                    t = _train_step(
+                    driver.before_step(t)
+                    (loss,) = _loop.train_step(
                         model,
-                        batch,
                         loss_fn,
                         optimizer,
-                        driver,
+                        iter((batch,)),
                         amp_,
-                        clip,
                         dev,
-                        history,
-                        t,
-                        progress_,
+                        grad_clip=clip,
+                        check_loss=t == 0,
                     )
+                    _record_step(history, optimizer, driver, loss, progress_)
                     for fn in hooks["on_step_end"]:
-                        fn(t - 1, float(history._loss[-1]), history)
+                        fn(t, float(loss), history)
+                    t += 1
                     if stop.requested:
                         break
                 n = len(history._lr) - first
@@ -576,41 +626,21 @@ def _steps(loader: Iterable[Any], stop: _StopFlag) -> Iterator[Any]:
             return
 
 
-def _train_step(
-    model: nn.Module,
-    batch: Any,
-    loss_fn: Callable[..., Tensor],
+def _record_step(
+    history: History,
     optimizer: Optimizer,
     driver: _Driver,
-    amp: _loop.Amp,
-    clip: float | None,
-    device: torch.device,
-    history: History,
-    t: int,
+    loss: Tensor,
     progress: _loop.Progress,
-) -> int:
-    inputs, target = _loop.split_batch(_loop.to_device(batch, device), "train_loader")
-    with amp.autocast():
-        loss = loss_fn(model(*inputs), target)
-    if t == 0:
-        _loop.check_first_loss(loss, "the first batch")
-    amp.backward(loss)
-    if clip is not None:
-        amp.unscale(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, clip)
-    driver.before_step(t)
-    amp.step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
+) -> None:
+    """The lr and momentum the step used, its loss; then a torch scheduler object steps."""
     groups = optimizer.param_groups
-    key = driver.key
     history._lr.append([float(g["lr"]) for g in groups])
-    history._momentum.append([_loop.group_momentum(g, key) for g in groups])
+    history._momentum.append([_loop.group_momentum(g, driver.key) for g in groups])
     driver.after_step()
-    history._loss.append(loss.detach())
+    history._loss.append(loss)
     # the bar shows the epoch's mean loss so far (the losses not yet flushed: this epoch's)
     progress.update(lambda: torch.stack(history._loss).float().mean(), history._lr[-1][-1])
-    return t + 1
 
 
 def _epoch_line(logs: dict[str, float], epochs: int) -> str:
@@ -648,19 +678,28 @@ def _epoch_logs(
 
 
 def spread_lrs(lr_max: Any, n_groups: int) -> list[float]:
-    """One lr per param group from ``lr_max``: a number for every group; a list with one per
-    group; or ``slice(low, high)`` / a ``(low, high)`` tuple spread geometrically from the first
-    group to the last (``low * (high / low) ** (i / (n - 1))``; ``high`` for a single group),
-    like fastai's ``slice``."""
-    if isinstance(lr_max, slice) or (isinstance(lr_max, tuple) and len(lr_max) == 2):
-        low, high = (lr_max.start, lr_max.stop) if isinstance(lr_max, slice) else lr_max
-        low_, high_ = _positive("lr_max low", low), _positive("lr_max high", high)
-        if low_ > high_:
-            raise ValueError(f"lr_max: low must be <= high, got ({low}, {high})")
-        if n_groups == 1:
-            return [high_]
-        ratio = high_ / low_
-        return [low_ * ratio ** (i / (n_groups - 1)) for i in range(n_groups)]
+    """One lr per param group from ``lr_max``, as fastai's ``set_hyper`` spreads it:
+
+    - a number: the same lr for every group;
+    - a list with one lr per group;
+    - ``slice(high)``: ``[high / 10] * (n - 1) + [high]`` — the last group (the head) at
+      ``high``, all others ten times lower;
+    - ``slice(low, high)`` or a ``(low, high)`` tuple: geometric from the first group to the
+      last, ``low * step ** i`` with ``step = (high / low) ** (1 / (n - 1))`` (fastai's
+      ``even_mults``); ``high`` for a single group.
+    """
+    if isinstance(lr_max, slice):
+        if lr_max.step is not None:
+            raise ValueError(f"lr_max: a slice of lrs has no step, got {lr_max!r}")
+        high_ = _positive("lr_max high (the slice's stop)", lr_max.stop)
+        if lr_max.start is None:
+            return [high_ / 10] * (n_groups - 1) + [high_]
+        return _even_mults(
+            _positive("lr_max low (the slice's start)", lr_max.start), high_, n_groups
+        )
+    if isinstance(lr_max, tuple) and len(lr_max) == 2:
+        low, high = lr_max
+        return _even_mults(_positive("lr_max low", low), _positive("lr_max high", high), n_groups)
     if isinstance(lr_max, (list, tuple, np.ndarray)):
         if len(lr_max) != n_groups:
             raise ValueError(
@@ -669,6 +708,16 @@ def spread_lrs(lr_max: Any, n_groups: int) -> list[float]:
             )
         return [_positive(f"lr_max[{i}]", v) for i, v in enumerate(lr_max)]
     return [_positive("lr_max", lr_max)] * n_groups
+
+
+def _even_mults(low: float, high: float, n: int) -> list[float]:
+    """fastai's ``even_mults``: ``n`` lrs from ``low`` to ``high`` in equal ratios."""
+    if low > high:
+        raise ValueError(f"lr_max: low must be <= high, got ({low}, {high})")
+    if n == 1:
+        return [high]
+    step = (high / low) ** (1 / (n - 1))
+    return [low * step**i for i in range(n)]
 
 
 def _positive(name: str, value: Any) -> float:
@@ -693,21 +742,28 @@ def fit_one_cycle(
     div_final: float = 1e5,
     moms: Sequence[float] = (0.95, 0.85, 0.95),
     wd: float | None = None,
+    wd_bn_bias: bool | None = None,
     **fit_kwargs: Any,
 ) -> History:
     """Train with fastai's one-cycle policy (:class:`pylr.schedules.FastaiOneCycle`).
 
     Over ``total = epochs * len(train_loader)`` steps each group's lr rises along a cosine from
     ``lr_max / div`` to ``lr_max`` during the first ``pct_start`` of training, then anneals
-    along a cosine to ``lr_max / div_final``; the momentum (SGD) or beta1 (Adam) goes
-    ``moms[0] -> moms[1] -> moms[2]`` the other way. ``lr_max`` is a number, one per param group,
-    or ``slice(low, high)`` (or a ``(low, high)`` tuple) spread geometrically across the groups —
-    discriminative learning rates.
+    along a cosine to ``lr_max / div_final``; the momentum goes ``moms[0] -> moms[1] ->
+    moms[2]`` the other way: Adam's ``beta1`` always, SGD's ``momentum`` only where it is not 0
+    (an SGD without momentum stays plain SGD, as fastai's does). ``lr_max`` is a number, one
+    per param group, ``slice(high)`` (``high / 10`` for all groups but the last) or
+    ``slice(low, high)`` / ``(low, high)`` spread geometrically — see :func:`spread_lrs`.
 
-    The default optimizer is fastai's: ``pylr.optim.AdamW(model.parameters(),
-    betas=(moms[0], 0.99), eps=1e-5, weight_decay=0.01 if wd is None else wd)``. With your own
-    optimizer, ``wd`` (if given) sets every group's ``weight_decay``. Other keyword arguments go
-    to :func:`fit`.
+    The default optimizer is fastai's ``Adam`` (what a fastai ``Learner`` uses):
+    ``pylr.optim.AdamW(pylr.train.weight_decay_groups(model, wd, wd_bn_bias), betas=(moms[0],
+    0.99), eps=1e-5)`` with ``wd = 0.01`` unless given — decoupled weight decay
+    ``p *= 1 - lr * wd`` on every parameter except biases and the parameters of normalisation
+    layers (:func:`pylr.train.norm_bias_params`), which are not decayed unless ``wd_bn_bias=True``
+    (fastai's ``wd_bn_bias=False`` default). It has two param groups (decayed, not decayed)
+    with the same schedule. With your own optimizer, ``wd`` (if given) sets ``weight_decay``
+    in every group not marked ``do_wd: False``, and ``wd_bn_bias`` is refused (the groups are
+    yours). Other keyword arguments go to :func:`fit`.
     """
     _loop.check_model(model)
     if "schedule" in fit_kwargs:
@@ -722,10 +778,9 @@ def fit_one_cycle(
             "fit_one_cycle needs len(train_loader) to lay out the cycle; use fit() with a "
             "schedule of your own for loaders without a length"
         ) from None
-    if wd is not None:
-        _positive_or_zero("wd", wd)
     if optimizer is not None:
         _loop.check_optimizer(optimizer)
+    _loop.check_wd(wd, wd_bn_bias, optimizer)
     n_groups = 1 if optimizer is None else len(optimizer.param_groups)
     lrs = spread_lrs(lr_max, n_groups)
     # every argument is checked (by the schedules) before anything changes
@@ -735,25 +790,11 @@ def fit_one_cycle(
         for lr in lrs
     ]
     if optimizer is None:
-        from pylr.optim import AdamW
-
-        optimizer = AdamW(
-            model.parameters(),
-            lr=lrs[0],
-            betas=(schedules[0].moms[0], 0.99),  # type: ignore[union-attr]
-            eps=1e-5,
-            weight_decay=0.01 if wd is None else float(wd),
-        )
+        beta1 = schedules[0].moms[0]  # type: ignore[union-attr]
+        optimizer = _loop.fastai_adamw(model, lrs[0], beta1, wd, wd_bn_bias)
+        schedules = schedules * len(optimizer.param_groups)
     elif wd is not None:
-        for group in optimizer.param_groups:
-            group["weight_decay"] = float(wd)
+        _loop.set_weight_decay(optimizer, wd)
     return fit(
         model, train_loader, loss_fn, optimizer, epochs=epochs, schedule=schedules, **fit_kwargs
     )
-
-
-def _positive_or_zero(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -102,6 +102,16 @@ def test_plot_schedule_overlays_and_momentum_axis(tmp_path):
     twins = [a for a in ax.figure.axes if a is not ax]
     assert len(twins) == 1 and len(twins[0].get_lines()) == 1  # only one-cycle has momentum
     assert (tmp_path / "p.png").stat().st_size > 0
+    # one legend for both axes, above the data area
+    ax.figure.draw_without_rendering()
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [*named, "momentum (one-cycle)"]
+    assert legend.get_window_extent().y0 >= ax.get_window_extent().y1
+    ax = pylr.plot_schedule(S.OneCycle(0.1, 100), 100, path=str(tmp_path / "q.png"))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        repr(S.OneCycle(0.1, 100)),
+        "momentum",
+    ]
 
 
 def test_plot_schedule_errors(monkeypatch):

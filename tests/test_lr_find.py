@@ -526,6 +526,98 @@ def test_suggestion_rules_on_random_curves(losses, lr0, ratio):
     for rule in (lr_finder.valley, lr_finder.slide, lr_finder.steep):
         assert lrs[0] <= rule(lrs, losses) <= lrs[-1]
     assert lr_finder.minimum(lrs, losses) == lrs[int(np.argmin(losses))] / 10
+    # steep is fastai's rule on the curve up to the lowest loss: the same lr whenever the
+    # steepest fall of the whole curve comes before it; an lr before it otherwise
+    if len(losses) >= 2:
+        steepest = int(np.argmin(np.diff(losses) / np.diff(np.log(lrs))))
+        low = int(np.argmin(losses))
+        if steepest < low or low == 0:
+            assert lr_finder.steep(lrs, losses) == lrs[steepest]
+        else:
+            assert lr_finder.steep(lrs, losses) < lrs[low]
+
+
+def blow_up_curve(n=100):
+    """A range test whose loss jumps without reaching the 4x stop: flat at 2.3, down to 1.9
+    at step 80, up to 6 over three steps, then a slow fall for the rest of the sweep."""
+    lrs = 1e-7 * (1e8) ** (np.arange(n) / (n - 1))
+    losses = np.concatenate(
+        [
+            np.full(40, 2.3) + np.linspace(0, 1e-3, 40)[::-1],
+            np.linspace(2.3, 1.9, 41)[1:],
+            [3.0, 4.5, 6.0],
+            np.linspace(6.0, 5.0, n - 83),
+        ]
+    )
+    return lrs, losses
+
+
+def result_of(lrs, losses):
+    return lr_finder.LRFindResult(
+        lrs[:, None], losses, losses, num_iter=len(lrs), step_mode="exp", stopped_early=False
+    )
+
+
+@pytest.mark.parametrize("last", [math.inf, math.nan])
+def test_suggestions_use_fastais_points_of_a_sweep_that_ended_in_a_non_finite_loss(last):
+    """fastai drops the first num_iter // 10 and the last 5 recorded points — the diverged
+    one among them — then cuts at the first NaN; pylr picks the same points."""
+    num_iter, n = 100, 50
+    lrs = 1e-7 * (1e8) ** (np.arange(n) / (num_iter - 1))
+    losses = np.append(np.linspace(3.0, 1.0, n - 1), last)  # falling up to the last step
+    result = lr_finder.LRFindResult(
+        lrs[:, None], losses, losses, num_iter=num_iter, step_mode="exp", stopped_early=True
+    )
+    kept = slice(num_iter // 10, n - 5)
+    for name, rule in lr_finder.SUGGESTIONS.items():
+        assert result.suggestions[name] == rule(lrs[kept], losses[kept]), name
+    assert result.suggestions["minimum"] == lrs[n - 6] / 10
+    from matplotlib.figure import Figure
+
+    ax = result.plot(ax=Figure().add_subplot())
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), lrs[kept])
+
+
+def test_steep_stays_before_a_blow_up():
+    lrs, losses = blow_up_curve()
+    result = result_of(lrs, losses)
+    low = int(np.argmin(losses))
+    part = slice(len(lrs) // 10, len(lrs) - 5)  # the points the suggestions use
+    x, y = lrs[part], losses[part]
+    whole = x[int(np.argmin(np.diff(y) / np.diff(np.log(x))))]  # fastai's rule on all of it
+    assert whole > lrs[low]  # ... falls on the slope after the jump
+    assert result.suggestions["steep"] < lrs[low]
+    before = slice(part.start, low + 1)
+    slopes = np.diff(losses[before]) / np.diff(np.log(lrs[before]))
+    assert result.suggestions["steep"] == lrs[before][int(np.argmin(slopes))]
+
+
+def test_plot_shows_the_descent_not_the_blow_up(tmp_path):
+    from matplotlib.figure import Figure
+
+    lrs, losses = blow_up_curve()
+    result = result_of(lrs, losses)
+    ax = result.plot(ax=Figure().add_subplot())
+    bottom, top = ax.get_ylim()
+    y = losses[len(lrs) // 10 : len(lrs) - 5]
+    low = int(np.argmin(y))
+    descent = y[0] - y[low]
+    assert bottom <= y[low] and y[: low + 1].max() < top < y.max()
+    assert top - bottom < 2 * descent  # the descent fills at least half the height
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "smoothed loss"
+    assert [label.split(":")[0] for label in labels[1:]] == list(lr_finder.SUGGESTIONS)
+    # every suggestion's marker is inside the limits
+    for line in ax.get_lines()[1:]:
+        assert bottom <= line.get_ydata()[0] <= top
+
+    # a curve that does not blow up keeps matplotlib's limits, all of it in view
+    calm = np.concatenate([losses[:80], np.full(20, losses[79])])
+    assert lr_finder.loss_ylim(calm) is None
+    ax = result_of(lrs, calm).plot(ax=Figure().add_subplot())
+    assert ax.get_ylim()[0] <= calm.min() and calm.max() <= ax.get_ylim()[1]
+    assert lr_finder.loss_ylim(np.linspace(1.0, 2.0, 20)) is None  # no descent at all
+    assert lr_finder.loss_ylim(np.array([1.0])) is None
 
 
 def test_batches_with_several_inputs_and_an_explicit_device():

@@ -275,6 +275,48 @@ def test_history_to_dict_and_plots(tmp_path):
         history.epoch_values("f1")
 
 
+def legend_outside(ax):
+    """The legend's labels, after checking that it lies above the data area and inside the
+    figure (so it covers no curve, on either axis)."""
+    fig = ax.figure
+    fig.draw_without_rendering()
+    legend = ax.get_legend()
+    box, where = ax.get_window_extent(), legend.get_window_extent()
+    assert where.y0 >= box.y1 and where.y1 <= fig.bbox.y1
+    return [t.get_text() for t in legend.get_texts()]
+
+
+def test_plot_lr_names_lr_and_momentum_and_shows_both_ends(tmp_path):
+    from matplotlib.figure import Figure
+
+    history = pylr.fit_one_cycle(net(), data(), CE, epochs=2, lr_max=0.01, progress=False)
+    assert history.lr.shape[1] == 2  # the default optimizer: decayed and not-decayed params
+    ax = history.plot_lr(tmp_path / "schedule.png")  # the figure pylr demo writes
+    assert legend_outside(ax) == ["lr", "momentum (beta1)"]  # one schedule, one line each
+    (mom_ax,) = [a for a in ax.figure.axes if a is not ax]
+    mom = mom_ax.get_lines()[0].get_ydata()
+    np.testing.assert_array_equal(mom, history.momentum[:, 0])
+    low, high = mom_ax.get_ylim()
+    assert low < mom.min() and mom.max() < high  # the cycle's end (0.95) inside, not on the edge
+    left, right = ax.get_xlim()
+    assert left < 0 and history.steps - 1 < right
+
+    # groups with the same schedule are one line; SGD's momentum is "momentum"
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(
+        [{"params": model[i].parameters()} for i in (0, 2, 4)], lr=1.0, momentum=0.9
+    )
+    history = pylr.fit_one_cycle(
+        model, data(), CE, epochs=1, lr_max=slice(0.1), optimizer=opt, progress=False
+    )
+    ax = history.plot_lr(ax=Figure(layout="constrained").add_subplot())
+    assert legend_outside(ax) == [
+        "lr (groups 0, 1)",
+        "lr (group 2)",
+        "momentum (groups 0, 1, 2)",
+    ]
+
+
 def test_callbacks_are_called_in_order_and_can_stop():
     events = []
 
