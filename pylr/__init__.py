@@ -34,6 +34,8 @@ _LAZY = {
     "lr_find": "pylr.lr_finder",
     "accuracy": "pylr._loop",
     "evaluate": "pylr._loop",
+    "norm_bias_params": "pylr._loop",
+    "weight_decay_groups": "pylr._loop",
 }
 
 __all__ = [
@@ -51,10 +53,12 @@ __all__ = [
     "get_num_threads",
     "lr_find",
     "lr_scheduler",
+    "norm_bias_params",
     "optim",
     "plot_schedule",
     "schedules",
     "set_num_threads",
+    "weight_decay_groups",
 ]
 
 

@@ -429,8 +429,9 @@ def train_step(
     ``amp``'s autocast, and ``backward`` of ``loss / accumulation_steps`` (through the
     ``GradScaler`` for float16), so the grads are those of the mean loss. Then, with
     ``grad_clip``, the grads (unscaled first) are clipped to a total norm
-    ``||g||_2 <= grad_clip``; the optimizer steps (the scaler skips a step with inf/NaN grads)
-    and the grads are set to None. ``check_loss`` checks the first batch's loss
+    ``||g||_2 <= grad_clip`` (by a pylr optimizer's ``clip_grad_norm_``, folded into its step,
+    or torch's ``clip_grad_norm_``); the optimizer steps (the scaler skips a step with inf/NaN
+    grads) and the grads are set to None. ``check_loss`` checks the first batch's loss
     (:func:`check_first_loss`). lr and momentum are the caller's business, written before.
     """
     losses: list[Tensor] = []
@@ -444,8 +445,12 @@ def train_step(
         losses.append(loss.detach())
     if grad_clip is not None:
         amp.unscale(optimizer)
-        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if hasattr(optimizer, "clip_grad_norm_"):
+            # pylr's optimizers: the coefficient folded into the step, no pass rewriting grads
+            optimizer.clip_grad_norm_(grad_clip)
+        else:
+            params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
     amp.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return losses

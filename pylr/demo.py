@@ -26,8 +26,8 @@ def digits_loaders(
         from sklearn.datasets import load_digits
     except ImportError as e:
         raise ImportError(
-            "the demo uses scikit-learn's bundled digits: pip install 'pylr[demo]' "
-            "(or pip install scikit-learn)"
+            "the demo uses scikit-learn's bundled digits: pip install scikit-learn (from a "
+            "checkout of pylr: pip install '.[demo]')"
         ) from e
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0

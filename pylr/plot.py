@@ -17,7 +17,8 @@ def _matplotlib() -> Any:
         import matplotlib
     except ImportError as e:  # pragma: no cover - exercised by hiding matplotlib in a test
         raise ImportError(
-            "pylr's plots need matplotlib: pip install 'pylr[plot]' (or pip install matplotlib)"
+            "pylr's plots need matplotlib: pip install matplotlib (from a checkout of pylr: "
+            "pip install '.[plot]')"
         ) from e
     return matplotlib
 
