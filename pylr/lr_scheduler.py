@@ -41,7 +41,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as _torch
 
-from pylr import _core, schedules
+from pylr import _core, _validate, schedules
 from pylr.schedules import Schedule, one_cycle_node
 
 __all__ = [
@@ -147,16 +147,16 @@ _MAX_STEP = 2**53  # steps are doubles in the C++ core, exact up to here
 def _check_last_epoch(value: Any, name: str = "last_epoch") -> None:
     """``last_epoch`` is a number in ``[-1, 2**53]``; -1 means not stepped yet (torch's
     SequentialLR leaves every scheduler but the first there)."""
-    v = schedules._real(name, value, ge=-1.0)
+    v = _validate.real(name, value, ge=-1.0)
     if v > _MAX_STEP:
-        raise schedules.NotFiniteError(f"{name} must be <= 2**53, got {v}")
+        raise _validate.NotFiniteError(f"{name} must be <= 2**53, got {v}")
 
 
 def _check_epoch(epoch: Any) -> None:
     """The ``epoch`` of ``step(epoch)``: a number in ``[0, 2**53]``."""
-    v = schedules._real("epoch", epoch, ge=0.0)
+    v = _validate.real("epoch", epoch, ge=0.0)
     if v > _MAX_STEP:
-        raise schedules.NotFiniteError(f"epoch must be <= 2**53, got {v}")
+        raise _validate.NotFiniteError(f"epoch must be <= 2**53, got {v}")
 
 
 def _lr(name: str, value: Any, **bounds: Any) -> None:
@@ -165,7 +165,7 @@ def _lr(name: str, value: Any, **bounds: Any) -> None:
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    schedules._real(name, value, **bounds)
+    _validate.real(name, value, **bounds)
 
 
 def _number(name: str, value: Any) -> None:
@@ -183,7 +183,7 @@ def _flag(name: str, value: Any) -> None:
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
-        schedules._choice(name, value, choices)
+        _validate.choice(name, value, choices)
 
     return check
 
@@ -194,8 +194,8 @@ def _milestone_counts(name: str, value: Any) -> None:
         raise TypeError(f"{name} must be a Counter of milestones, got {type(value).__name__}")
     total = 0
     for step, count in value.items():
-        schedules._int(f"{name} key", step)
-        total += schedules._int(f"{name}[{step}]", count)
+        _validate.integer(f"{name} key", step)
+        total += _validate.integer(f"{name}[{step}]", count)
     if total > _MAX_MILESTONES:
         raise ValueError(f"{name} counts {total} milestones, more than {_MAX_MILESTONES}")
 
@@ -279,7 +279,7 @@ class _StateCheck:
         """The bookkeeping every torch scheduler keeps."""
         self.check("last_epoch", lambda name, v: _check_last_epoch(v, name))
         if "_step_count" in self.merged:
-            self.check("_step_count", schedules._int)
+            self.check("_step_count", _validate.integer)
         if "_last_lr" in self.merged:
             self.each("_last_lr", _number)
 
@@ -461,7 +461,7 @@ class _ClosedForm(_torch.LRScheduler):
         raise NotImplementedError
 
 
-def _validate(factory: Callable[..., Schedule], *args: Any, **kwargs: Any) -> None:
+def _try_schedule(factory: Callable[..., Schedule], *args: Any, **kwargs: Any) -> None:
     """Construct a pure schedule once so that bad arguments raise, naming themselves, up front."""
     factory(*args, **kwargs)
 
@@ -474,7 +474,7 @@ class StepLR(_ClosedForm):
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
         _check_last_epoch(last_epoch)
-        _validate(schedules.Step, step_size, gamma)
+        _try_schedule(schedules.Step, step_size, gamma)
         self.step_size = step_size
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -483,8 +483,8 @@ class StepLR(_ClosedForm):
         return [schedules.Step(self.step_size, self.gamma, b)._node for b in base_lrs]
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("step_size", schedules._int, ge=1)
-        c.check("gamma", schedules._real, gt=0.0)
+        c.check("step_size", _validate.integer, ge=1)
+        c.check("gamma", _validate.real, gt=0.0)
 
 
 class MultiStepLR(_ClosedForm):
@@ -500,7 +500,7 @@ class MultiStepLR(_ClosedForm):
     ) -> None:
         _check_last_epoch(last_epoch)
         marks = list(milestones)
-        _validate(schedules.MultiStep, marks, gamma)
+        _try_schedule(schedules.MultiStep, marks, gamma)
         self.milestones = Counter(marks)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -511,7 +511,7 @@ class MultiStepLR(_ClosedForm):
 
     def _check_state(self, c: _StateCheck) -> None:
         c.check("milestones", _milestone_counts)
-        c.check("gamma", schedules._real, gt=0.0)
+        c.check("gamma", _validate.real, gt=0.0)
 
 
 class ConstantLR(_ClosedForm):
@@ -527,14 +527,14 @@ class ConstantLR(_ClosedForm):
         _check_last_epoch(last_epoch)
         if factor > 1.0 or factor < 0:
             raise ValueError("Constant multiplicative factor expected to be between 0 and 1.")
-        schedules._int("total_iters", total_iters)
+        _validate.integer("total_iters", total_iters)
         self.factor = factor
         self.total_iters = total_iters
         super().__init__(optimizer, last_epoch)
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("factor", schedules._real, ge=0.0, le=1.0)
-        c.check("total_iters", schedules._int)
+        c.check("factor", _validate.real, ge=0.0, le=1.0)
+        c.check("total_iters", _validate.integer)
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         return [
@@ -564,7 +564,7 @@ class LinearLR(_ClosedForm):
             )
         if end_factor > 1.0 or end_factor < 0:
             raise ValueError("Ending multiplicative factor expected to be between 0 and 1.")
-        _validate(schedules.Linear, start_factor, end_factor, total_iters)
+        _try_schedule(schedules.Linear, start_factor, end_factor, total_iters)
         self.start_factor = start_factor
         self.end_factor = end_factor
         self.total_iters = total_iters
@@ -577,9 +577,9 @@ class LinearLR(_ClosedForm):
         ]
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("start_factor", schedules._real, gt=0.0, le=1.0)
-        c.check("end_factor", schedules._real, ge=0.0, le=1.0)
-        c.check("total_iters", schedules._int, ge=1)
+        c.check("start_factor", _validate.real, gt=0.0, le=1.0)
+        c.check("end_factor", _validate.real, ge=0.0, le=1.0)
+        c.check("total_iters", _validate.integer, ge=1)
 
 
 class ExponentialLR(_ClosedForm):
@@ -587,7 +587,7 @@ class ExponentialLR(_ClosedForm):
 
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         _check_last_epoch(last_epoch)
-        _validate(schedules.Exponential, gamma)
+        _try_schedule(schedules.Exponential, gamma)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
 
@@ -595,7 +595,7 @@ class ExponentialLR(_ClosedForm):
         return [schedules.Exponential(self.gamma, b)._node for b in base_lrs]
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("gamma", schedules._real, gt=0.0)
+        c.check("gamma", _validate.real, gt=0.0)
 
 
 class PolynomialLR(_ClosedForm):
@@ -609,7 +609,7 @@ class PolynomialLR(_ClosedForm):
         last_epoch: int = -1,
     ) -> None:
         _check_last_epoch(last_epoch)
-        _validate(schedules.Polynomial, total_iters, power)
+        _try_schedule(schedules.Polynomial, total_iters, power)
         self.total_iters = total_iters
         self.power = power
         super().__init__(optimizer, last_epoch)
@@ -618,8 +618,8 @@ class PolynomialLR(_ClosedForm):
         return [schedules.Polynomial(self.total_iters, self.power, b)._node for b in base_lrs]
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("total_iters", schedules._int, ge=1)
-        c.check("power", schedules._real, ge=0.0)
+        c.check("total_iters", _validate.integer, ge=1)
+        c.check("power", _validate.real, ge=0.0)
 
 
 class CosineAnnealingLR(_ClosedForm):
@@ -634,7 +634,7 @@ class CosineAnnealingLR(_ClosedForm):
         last_epoch: int = -1,
     ) -> None:
         _check_last_epoch(last_epoch)
-        _validate(schedules.Cosine, T_max, eta_min)
+        _try_schedule(schedules.Cosine, T_max, eta_min)
         self.T_max = T_max
         self.eta_min = eta_min
         super().__init__(optimizer, last_epoch)
@@ -647,8 +647,8 @@ class CosineAnnealingLR(_ClosedForm):
         raise self._not_adoptable(index, "a base lr")
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("T_max", schedules._real, gt=0.0)
-        c.check("eta_min", schedules._real)
+        c.check("T_max", _validate.real, gt=0.0)
+        c.check("eta_min", _validate.real)
 
 
 class CosineAnnealingWarmRestarts(_ClosedForm):
@@ -672,7 +672,7 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
             raise ValueError(
                 f"Expected float or int eta_min, but got {eta_min} of type {type(eta_min)}"
             )
-        _validate(schedules.CosineWarmRestarts, T_0, T_mult, eta_min)
+        _try_schedule(schedules.CosineWarmRestarts, T_0, T_mult, eta_min)
         self.T_0 = T_0
         self.T_i = T_0
         self.T_mult = T_mult
@@ -690,11 +690,11 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
         raise self._not_adoptable(index, "a base lr")
 
     def _check_state(self, c: _StateCheck) -> None:
-        c.check("T_0", schedules._int, ge=1)
-        c.check("T_mult", schedules._int, ge=1)
-        c.check("eta_min", schedules._real)
-        c.check("T_i", schedules._real, gt=0.0)
-        c.check("T_cur", schedules._real, ge=-1.0)
+        c.check("T_0", _validate.integer, ge=1)
+        c.check("T_mult", _validate.integer, ge=1)
+        c.check("eta_min", _validate.real)
+        c.check("T_i", _validate.real, gt=0.0)
+        c.check("T_cur", _validate.real, ge=-1.0)
 
     def _position(self) -> float:
         """The (possibly fractional) epoch the scheduler stands at, from torch's state."""
@@ -768,16 +768,16 @@ class CyclicLR(_ClosedForm):
         for i, (b, m, bm, mm) in enumerate(
             zip(base_lrs, max_lrs, base_momentums, max_momentums, strict=True)
         ):
-            _validate(
+            _try_schedule(
                 schedules.Cyclic,
-                schedules._real(f"base_lr[{i}]", float(b)),
-                schedules._real(f"max_lr[{i}]", float(m)),
+                _validate.real(f"base_lr[{i}]", float(b)),
+                _validate.real(f"max_lr[{i}]", float(m)),
                 step_size_up,
                 step_size_down,
                 mode if scale_fn is None else "triangular",
                 gamma,
-                schedules._real(f"base_momentum[{i}]", bm),
-                schedules._real(f"max_momentum[{i}]", mm),
+                _validate.real(f"base_momentum[{i}]", bm),
+                _validate.real(f"max_momentum[{i}]", mm),
             )
         if last_epoch == -1:
             for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
@@ -890,11 +890,11 @@ class CyclicLR(_ClosedForm):
     def _check_state(self, c: _StateCheck) -> None:
         n = len(c.value("base_lrs"))
         c.each("max_lrs", _lr, length=n)
-        c.check("total_size", schedules._real, gt=0.0)
-        c.check("step_ratio", schedules._real, gt=0.0, lt=1.0)
+        c.check("total_size", _validate.real, gt=0.0)
+        c.check("step_ratio", _validate.real, gt=0.0, lt=1.0)
         if c.merged.get("_scale_fn_custom") is None:
             c.check("mode", _one_of(("triangular", "triangular2", "exp_range")))
-        c.check("gamma", schedules._real, gt=0.0)
+        c.check("gamma", _validate.real, gt=0.0)
         c.check("scale_mode", _one_of(("cycle", "iterations")))
         if c.check("cycle_momentum", _flag):
             c.check("use_beta1", _flag)
@@ -918,7 +918,7 @@ def _one_cycle_phases(name: str, value: Any) -> None:
     for i, phase in enumerate(value):
         if not isinstance(phase, Mapping) or "end_step" not in phase:
             raise ValueError(f"{name}[{i}] must be a dict with an 'end_step'")
-        end = schedules._real(f"{name}[{i}]['end_step']", phase["end_step"])
+        end = _validate.real(f"{name}[{i}]['end_step']", phase["end_step"])
         if end == start:
             raise ValueError(f"{name}[{i}] has zero length (end_step {end})")
         start = end
@@ -973,19 +973,19 @@ class OneCycleLR(_ClosedForm):
         max_momentums = _per_group("max_momentum", optimizer, max_momentum)
         base_momentums = _per_group("base_momentum", optimizer, base_momentum)
         for i, (m, bm, mm) in enumerate(zip(max_lrs, base_momentums, max_momentums, strict=True)):
-            _validate(
+            _try_schedule(
                 schedules.OneCycle,
-                schedules._real(f"max_lr[{i}]", float(m)),
+                _validate.real(f"max_lr[{i}]", float(m)),
                 self.total_steps,
                 pct_start,
                 anneal_strategy,
                 div_factor,
                 final_div_factor,
                 three_phase,
-                schedules._real(f"base_momentum[{i}]", bm),
-                schedules._real(f"max_momentum[{i}]", mm),
+                _validate.real(f"base_momentum[{i}]", bm),
+                _validate.real(f"max_momentum[{i}]", mm),
             )
-        ends = schedules._one_cycle_phase_ends(self.total_steps, pct_start, three_phase)
+        ends = schedules.one_cycle_phase_ends(self.total_steps, pct_start, three_phase)
         names = (
             [
                 ("initial_lr", "max_lr", "max_momentum", "base_momentum"),
@@ -1065,7 +1065,7 @@ class OneCycleLR(_ClosedForm):
         return group["initial_lr"]
 
     def _check_state(self, c: _StateCheck) -> None:
-        total = c.check("total_steps", schedules._int, ge=1)
+        total = c.check("total_steps", _validate.integer, ge=1)
         c.check("_anneal_func_type", _one_of(("cos", "linear")))
         c.check("_schedule_phases", _one_cycle_phases)
         if c.check("cycle_momentum", _flag):
@@ -1112,7 +1112,7 @@ class ScheduleLR(_ClosedForm):
             self._relative = True
             self._schedules: list[Schedule] = [schedule]
         else:
-            items = schedules._schedule_list("schedule", schedule)
+            items = _validate.schedule_list("schedule", schedule)
             if len(items) != len(optimizer.param_groups):
                 raise ValueError(
                     f"schedule has {len(items)} schedules for "
@@ -1187,7 +1187,7 @@ class SequentialLR(_torch.SequentialLR):
             if not scheds:
                 raise ValueError("SequentialLR needs a scheduler before the ReduceLROnPlateau")
         marks = list(milestones)
-        schedules._milestones("milestones", marks, strict=True)
+        _validate.milestones("milestones", marks, strict=True)
         if plateau is not None:
             if len(marks) != len(scheds):
                 raise ValueError(
@@ -1245,7 +1245,7 @@ class SequentialLR(_torch.SequentialLR):
         c = _StateCheck(self, state_dict, prefix)
         c.counters()
         n = len(self._schedulers)
-        marks = c.check("_milestones", schedules._milestones, strict=True)
+        marks = c.check("_milestones", _validate.milestones, strict=True)
         if len(marks) != n - 1:
             raise ValueError(
                 f"{c.name('_milestones')} must have {n - 1} entries (one fewer than the "
@@ -1253,7 +1253,7 @@ class SequentialLR(_torch.SequentialLR):
             )
         _check_members(c, self._schedulers)
         if self._plateau is not None:
-            start = c.check("_plateau_start", schedules._int)
+            start = c.check("_plateau_start", _validate.integer)
             if marks and start <= marks[-1]:
                 raise ValueError(
                     f"{c.name('_plateau_start')} must come after the last milestone "
@@ -1420,13 +1420,13 @@ class ReduceLROnPlateau(_torch.ReduceLROnPlateau):
         min_lr: list[float] | float = 0,
         eps: float = 1e-8,
     ) -> None:
-        schedules._real("factor", factor, gt=0.0)
-        schedules._int("patience", patience)
-        schedules._real("threshold", threshold, ge=0.0)
-        schedules._int("cooldown", cooldown)
-        schedules._real("eps", eps, ge=0.0)
+        _validate.real("factor", factor, gt=0.0)
+        _validate.integer("patience", patience)
+        _validate.real("threshold", threshold, ge=0.0)
+        _validate.integer("cooldown", cooldown)
+        _validate.real("eps", eps, ge=0.0)
         for i, m in enumerate(min_lr if isinstance(min_lr, (list, tuple)) else [min_lr]):
-            schedules._real(
+            _validate.real(
                 f"min_lr[{i}]" if isinstance(min_lr, (list, tuple)) else "min_lr", m, ge=0.0
             )
         super().__init__(
@@ -1442,11 +1442,11 @@ class ReduceLROnPlateau(_torch.ReduceLROnPlateau):
     def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
         c = _StateCheck(self, state_dict, prefix)
         c.counters()
-        c.check("factor", schedules._real, gt=0.0, lt=1.0)
+        c.check("factor", _validate.real, gt=0.0, lt=1.0)
         for key in ("patience", "cooldown", "cooldown_counter", "num_bad_epochs"):
-            c.check(key, schedules._int)
-        c.check("threshold", schedules._real, ge=0.0)
-        c.check("eps", schedules._real, ge=0.0)
+            c.check(key, _validate.integer)
+        c.check("threshold", _validate.real, ge=0.0)
+        c.check("eps", _validate.real, ge=0.0)
         c.check("mode", _one_of(("min", "max")))
         c.check("threshold_mode", _one_of(("rel", "abs")))
         c.per_group("min_lrs", _lr, ge=0.0)
