@@ -282,6 +282,27 @@ _ULPS = 4.0
 _F64_EPS = _ULPS * sys.float_info.epsilon
 
 
+def _shaped(track: _Track, i: int, which: int, value: Any) -> Any:
+    """``value`` as torch's formula returns it for group ``i``: a new tensor where it computes
+    with a tensor hyperparameter (``which``: 0 for the lr, 1 for the momentum), else as is."""
+    like = track.like[i][which] if track.like is not None and i < len(track.like) else None
+    if like is None or isinstance(value, Tensor):
+        return value
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _likes(
+    groups: Iterable[tuple[tuple[Any, ...], tuple[Any, ...]]],
+) -> list[tuple[Tensor | None, Tensor | None]] | None:
+    """``_Track.like`` from each group's (lr inputs, momentum inputs): the first tensor of each."""
+
+    def first(values: tuple[Any, ...]) -> Tensor | None:
+        return next((v for v in values if isinstance(v, Tensor)), None)
+
+    likes = [(first(lr), first(momentum)) for lr, momentum in groups]
+    return likes if any(a is not None or b is not None for a, b in likes) else None
+
+
 def _near(a: float, b: float, eps: float) -> bool:
     return a == b or abs(a - b) <= eps * max(abs(a), abs(b))
 
@@ -321,15 +342,18 @@ class _Track:
     them; OneCycleLR: every group). ``expect[i]``, for the chainable schedulers: the lr of group
     ``i`` that shows it still follows its node — the float pylr wrote (compared by identity on
     the fast path), a :class:`_TensorMark`, or ``_OFF`` — valid while ``last_epoch == epoch``.
-    ``extra``: what a class derives beside the nodes (a unit schedule, a restart position)."""
+    ``extra``: what a class derives beside the nodes (a unit schedule, a restart position).
+    ``like``: where torch's formula computes with tensor hyperparameters (CyclicLR, OneCycleLR),
+    the tensor whose dtype and device the values written take."""
 
-    __slots__ = ("chainable", "epoch", "expect", "extra", "momentum", "n_groups", "nodes")
+    __slots__ = ("chainable", "epoch", "expect", "extra", "like", "momentum", "n_groups", "nodes")
 
     def __init__(self, nodes: list[Any], chainable: bool, momentum: bool) -> None:
         self.nodes = nodes
         self.chainable = chainable
         self.momentum = momentum
         self.extra: Any = None
+        self.like: list[tuple[Tensor | None, Tensor | None]] | None = None
         self.n_groups = -1
         self.epoch: Any = None
         self.expect: list[Any] = []
@@ -356,16 +380,23 @@ class _ClosedForm(_torch.LRScheduler):
     __slots__ = ("_track",)
     _chainable = True
     _private: tuple[str, ...] = ()  # attributes that are not state (constructor arguments)
+    _kept_slots: tuple[str, ...] = ()  # slots that are state (pickled), beside __dict__
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         self._track = None
+        # torch's step() leaves this attribute on the instance; its __dict__ has it
+        self._get_lr_called_within_step = False
         super().__init__(optimizer, last_epoch)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)  # the track is derived, and its nodes do not pickle
+    def __getstate__(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        # the track is derived, and its nodes do not pickle
+        return dict(self.__dict__), {k: getattr(self, k) for k in self._kept_slots}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    def __setstate__(self, state: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        attributes, slots = state
+        self.__dict__.update(attributes)
+        for key, value in slots.items():
+            setattr(self, key, value)
         self._track = None
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:  # pragma: no cover
@@ -373,7 +404,13 @@ class _ClosedForm(_torch.LRScheduler):
 
     def _new_track(self) -> _Track:
         nodes = self._build_nodes([float(b) for b in self.base_lrs])
-        return _Track(nodes, self._chainable, self._writes_momentum())
+        track = _Track(nodes, self._chainable, self._writes_momentum())
+        track.like = self._tensor_likes()
+        return track
+
+    def _tensor_likes(self) -> list[tuple[Tensor | None, Tensor | None]] | None:
+        """See ``_Track.like``; None where every hyperparameter is a number."""
+        return None
 
     def _continue(self, i: int, lr: Any, t: Any) -> Any:  # pragma: no cover - chainable only
         raise NotImplementedError
@@ -434,20 +471,27 @@ class _ClosedForm(_torch.LRScheduler):
     def _writes_momentum(self) -> bool:
         return bool(getattr(self, "cycle_momentum", False))
 
-    def _write_momenta(self, nodes: list[Any], t: float) -> None:
-        for group, node in zip(self.optimizer.param_groups, nodes, strict=False):
-            _write_momentum(group, self.use_beta1, node.momentum(t))
+    def _write_momenta(self, track: _Track, t: float) -> None:
+        # a group without a node (added later) has no momentum schedule
+        groups = self.optimizer.param_groups
+        use_beta1 = self.use_beta1
+        if track.like is None:
+            for group, node in zip(groups, track.nodes, strict=False):
+                _write_momentum(group, use_beta1, node.momentum(t))
+            return
+        for i, (group, node) in enumerate(zip(groups, track.nodes, strict=False)):
+            _write_momentum(group, use_beta1, _shaped(track, i, 1, node.momentum(t)))
 
-    def _values_at(self, t: float) -> list[Any]:
+    def _values_at(self, t: float, track: _Track) -> list[Any]:
         """Each group's closed-form lr at ``t`` (a group without a node keeps its lr); writes
         the momentum where the schedule cycles it."""
-        track = self._nodes_track()
-        nodes = track.nodes
         if track.momentum:
-            self._write_momenta(nodes, t)
-        lrs = [node.value(t) for node in nodes]
+            self._write_momenta(track, t)
+        lrs = [node.value(t) for node in track.nodes]
         groups = self.optimizer.param_groups
-        return lrs + [g["lr"] for g in groups[len(lrs) :]]
+        if len(lrs) < len(groups):
+            lrs += [g["lr"] for g in groups[len(lrs) :]]
+        return lrs
 
     def step(self, epoch: int | None = None) -> None:
         """Advance ``last_epoch`` by one (or set it to ``epoch``, deprecated as in torch) and
@@ -471,7 +515,7 @@ class _ClosedForm(_torch.LRScheduler):
         self.last_epoch = t
         if track.chainable and epoch is None:
             if track.momentum:
-                self._write_momenta(track.nodes, t)
+                self._write_momenta(track, t)
             self._last_lr = self._step_chain(track, groups, t)
         else:
             # torch too takes the closed form for step(epoch)
@@ -479,11 +523,23 @@ class _ClosedForm(_torch.LRScheduler):
         track.epoch = t
 
     def _write_closed(self, track: _Track, groups: list[dict[str, Any]], t: Any) -> list[Any]:
-        lrs = self._values_at(t)
+        lrs = self._values_at(t, track)
         tensors = False
+        if not track.chainable and track.like is None:
+            for group, lr in zip(groups, lrs, strict=True):
+                current = group["lr"]
+                if isinstance(current, Tensor):
+                    current.fill_(lr)
+                    tensors = True
+                else:
+                    group["lr"] = lr
+            return _group_values(self.optimizer, "lr") if tensors else lrs
         expect = [] if track.chainable else None
-        for group, lr in zip(groups, lrs, strict=True):
+        for i, (group, lr) in enumerate(zip(groups, lrs, strict=True)):
             current = group["lr"]
+            if track.like is not None and not isinstance(current, Tensor):
+                # torch computes with tensor hyperparameters, and stores the tensor
+                current = group["lr"] = _shaped(track, i, 0, current)
             if isinstance(current, Tensor):
                 if lr is not current:
                     current.fill_(lr)
@@ -554,10 +610,10 @@ class _ClosedForm(_torch.LRScheduler):
                 UserWarning,
                 stacklevel=2,
             )
-        return self._values_at(self.last_epoch)
+        return self._values_at(self.last_epoch, self._nodes_track())
 
     def _get_closed_form_lr(self) -> list[Any]:
-        return self._values_at(self.last_epoch)
+        return self._values_at(self.last_epoch, self._nodes_track())
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -944,9 +1000,16 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
             if not epoch >= 0:
                 raise ValueError(f"Expected non-negative epoch, but got {epoch}")
             _check_epoch(epoch)
+            if self.T_mult == 1 and epoch >= self.T_0 and self.T_i != self.T_0:
+                # torch's step(epoch) with T_mult=1 sets T_cur only: an edited T_i stays
+                self.T_cur = epoch % self.T_0
+                self.last_epoch = math.floor(epoch)
+                self._write_from_state(track)
+                return
             t = epoch
         self.last_epoch = math.floor(t)
-        for group, lr in zip(self.optimizer.param_groups, self._values_at(t), strict=True):
+        lrs = self._values_at(t, track)
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             _set_group_value(group, "lr", lr)
         self._last_lr = _group_values(self.optimizer, "lr")
         track.extra = (t, self.T_cur, self.T_i)
@@ -959,6 +1022,9 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
             self.T_cur = self.T_cur % self.T_i
             self.T_i = self.T_i * self.T_mult
         self.last_epoch = math.floor(self.last_epoch + 1)
+        self._write_from_state(track)
+
+    def _write_from_state(self, track: _Track) -> None:
         for group, lr in zip(self.optimizer.param_groups, self._lrs_from_state(), strict=True):
             _set_group_value(group, "lr", lr)
         self._last_lr = _group_values(self.optimizer, "lr")
@@ -985,12 +1051,12 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
         # torch's class has none: its _update_lr (SequentialLR's milestones) reads get_lr
         return self._lrs_from_state()
 
-    def _values_at(self, t: float) -> list[float]:
+    def _values_at(self, t: float, track: _Track) -> list[float]:
         t_cur, t_i = _core.warm_restart_position(self.T_0, self.T_mult, float(t))
         # torch keeps T_cur and T_i as ints while the epochs are whole
         self.T_cur = int(t_cur) if t_cur.is_integer() else t_cur
         self.T_i = int(t_i) if t_i.is_integer() else t_i
-        return [node.value(t) for node in self._nodes_track().nodes]
+        return [node.value(t) for node in track.nodes]
 
 
 class CyclicLR(_ClosedForm):
@@ -1004,6 +1070,7 @@ class CyclicLR(_ClosedForm):
     """
 
     __slots__ = ("_exact_steps",)
+    _kept_slots = ("_exact_steps",)
     _chainable = False
 
     def __init__(
@@ -1051,7 +1118,8 @@ class CyclicLR(_ClosedForm):
             )
         if last_epoch == -1:
             for lr, group in zip(base_lrs, optimizer.param_groups, strict=True):
-                _set_group_value(group, "lr", lr)
+                # a copy: torch's group would alias its base_lrs entry, which then drifts
+                _set_group_value(group, "lr", lr.clone() if isinstance(lr, Tensor) else lr)
         self.max_lrs = max_lrs
         up = float(step_size_up)
         down = float(step_size_down) if step_size_down is not None else up
@@ -1133,16 +1201,26 @@ class CyclicLR(_ClosedForm):
             for b, m, (bm, mm) in zip(base_lrs, self.max_lrs, momenta, strict=True)
         ]
 
+    def _tensor_likes(self) -> list[tuple[Tensor | None, Tensor | None]] | None:
+        momenta = (
+            zip(self.base_momentums, self.max_momentums, strict=True)
+            if self.cycle_momentum
+            else [(None, None)] * len(self.base_lrs)
+        )
+        return _likes(
+            ((b, m), pair) for b, m, pair in zip(self.base_lrs, self.max_lrs, momenta, strict=True)
+        )
+
     def _new_track(self) -> _Track:
         track = super()._new_track()
         # the unit triangle h(t): 0 + (1 - 0) * h * 1, for a custom scale_fn
         track.extra = self._cyclic(0.0, 1.0, 0.0, 0.0, "triangular")
         return track
 
-    def _values_at(self, t: float) -> list[Any]:
+    def _values_at(self, t: float, track: _Track) -> list[Any]:
         if self._scale_fn_custom is None:
-            return super()._values_at(t)
-        h = self._nodes_track().extra.value(t)
+            return super()._values_at(t, track)
+        h = track.extra.value(t)
         scale = self._scale_fn_custom(
             math.floor(1 + t / self.total_size) if self.scale_mode == "cycle" else t
         )
@@ -1151,11 +1229,17 @@ class CyclicLR(_ClosedForm):
             for b, m in zip(self.base_lrs, self.max_lrs, strict=True)
         ]
         if self.cycle_momentum:
-            for group, bm, mm in zip(
-                self.optimizer.param_groups, self.base_momentums, self.max_momentums, strict=True
+            for i, (group, bm, mm) in enumerate(
+                zip(
+                    self.optimizer.param_groups,
+                    self.base_momentums,
+                    self.max_momentums,
+                    strict=True,
+                )
             ):
                 bm, mm = float(bm), float(mm)
-                _write_momentum(group, self.use_beta1, mm - (mm - bm) * h * scale)
+                momentum = _shaped(track, i, 1, mm - (mm - bm) * h * scale)
+                _write_momentum(group, self.use_beta1, momentum)
         return lrs
 
     def _adopt_group(self, index: int, group: dict[str, Any]) -> None:
@@ -1361,13 +1445,23 @@ class OneCycleLR(_ClosedForm):
             for g in self.optimizer.param_groups
         ]
 
-    def _values_at(self, t: float) -> list[Any]:
+    def _tensor_likes(self) -> list[tuple[Tensor | None, Tensor | None]] | None:
+        momenta = ("max_momentum", "base_momentum") if self.cycle_momentum else ()
+        return _likes(
+            (
+                (g["initial_lr"], g["max_lr"], g["min_lr"]),
+                tuple(g.get(k) for k in momenta),
+            )
+            for g in self.optimizer.param_groups
+        )
+
+    def _values_at(self, t: float, track: _Track) -> list[Any]:
         if t > self.total_steps:
             raise ValueError(
                 f"Tried to step {t} times. The specified number of total steps is "
                 f"{self.total_steps}"
             )
-        return super()._values_at(t)
+        return super()._values_at(t, track)
 
     def _group_keys(self) -> list[str]:
         """What the one-cycle nodes read from each param group."""
