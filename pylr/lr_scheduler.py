@@ -41,6 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceABC
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -303,6 +304,19 @@ def _likes(
     return likes if any(a is not None or b is not None for a, b in likes) else None
 
 
+def _snapshot(value: Any) -> Any:
+    """A copy of scheduler attributes to compare them with later: lists, dicts (milestones) and
+    the dicts in a list (OneCycleLR's phases) copied, everything else (numbers, tensors,
+    functions) kept, so that comparing is cheap and an in-place edit of a container shows."""
+    if isinstance(value, tuple):
+        return tuple(_snapshot(v) for v in value)
+    if isinstance(value, list):
+        return [dict(v) if isinstance(v, dict) else v for v in value]
+    if isinstance(value, dict):
+        return type(value)(value)
+    return value
+
+
 def _near(a: float, b: float, eps: float) -> bool:
     return a == b or abs(a - b) <= eps * max(abs(a), abs(b))
 
@@ -344,9 +358,21 @@ class _Track:
     the fast path), a :class:`_TensorMark`, or ``_OFF`` — valid while ``last_epoch == epoch``.
     ``extra``: what a class derives beside the nodes (a unit schedule, a restart position).
     ``like``: where torch's formula computes with tensor hyperparameters (CyclicLR, OneCycleLR),
-    the tensor whose dtype and device the values written take."""
+    the tensor whose dtype and device the values written take. ``hypers``: a copy of the
+    attributes the nodes were built from; torch reads them at every step, so a scheduler
+    whose attributes no longer equal it (``sched.gamma = 0.5``) builds its nodes again."""
 
-    __slots__ = ("chainable", "epoch", "expect", "extra", "like", "momentum", "n_groups", "nodes")
+    __slots__ = (
+        "chainable",
+        "epoch",
+        "expect",
+        "extra",
+        "hypers",
+        "like",
+        "momentum",
+        "n_groups",
+        "nodes",
+    )
 
     def __init__(self, nodes: list[Any], chainable: bool, momentum: bool) -> None:
         self.nodes = nodes
@@ -357,6 +383,7 @@ class _Track:
         self.n_groups = -1
         self.epoch: Any = None
         self.expect: list[Any] = []
+        self.hypers: tuple[Any, ...] = ()
 
 
 class _ClosedForm(_torch.LRScheduler):
@@ -381,6 +408,8 @@ class _ClosedForm(_torch.LRScheduler):
     _chainable = True
     _private: tuple[str, ...] = ()  # attributes that are not state (constructor arguments)
     _kept_slots: tuple[str, ...] = ()  # slots that are state (pickled), beside __dict__
+    # the attributes the nodes are built from, as each class names them
+    _hypers: Callable[[Any], Any] = attrgetter("base_lrs")
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         self._track = None
@@ -406,6 +435,7 @@ class _ClosedForm(_torch.LRScheduler):
         nodes = self._build_nodes([float(b) for b in self.base_lrs])
         track = _Track(nodes, self._chainable, self._writes_momentum())
         track.like = self._tensor_likes()
+        track.hypers = _snapshot(self._hypers(self))
         return track
 
     def _tensor_likes(self) -> list[tuple[Tensor | None, Tensor | None]] | None:
@@ -425,7 +455,8 @@ class _ClosedForm(_torch.LRScheduler):
         """The track with nodes for the optimizer's groups as they are now."""
         track = self._track
         groups = self.optimizer.param_groups
-        if track is not None and track.n_groups == len(groups):
+        fresh = track is not None and self._hypers(self) == track.hypers
+        if fresh and track.n_groups == len(groups):
             return track
         n = len(self.base_lrs)
         if n > len(groups):
@@ -435,7 +466,7 @@ class _ClosedForm(_torch.LRScheduler):
             )
         for i in range(n, len(groups)):
             self._adopt_group(i, groups[i])
-        if track is None or (self._nodes_read_groups and track.n_groups != len(groups)):
+        if not fresh or (self._nodes_read_groups and track.n_groups != len(groups)):
             track = self._new_track()
         track.n_groups = len(groups)
         track.epoch = None
@@ -502,7 +533,12 @@ class _ClosedForm(_torch.LRScheduler):
             _check_epoch(epoch)
         track = self._track
         groups = self.optimizer.param_groups
-        if track is None or track.epoch != self.last_epoch or track.n_groups != len(groups):
+        if (
+            track is None
+            or track.epoch != self.last_epoch
+            or track.n_groups != len(groups)
+            or self._hypers(self) != track.hypers
+        ):
             track = self._ensure_track()  # before anything changes: it may refuse a new group
         if self._step_count == 1:
             _warn_step_order(self.optimizer)
@@ -671,6 +707,8 @@ class StepLR(_ClosedForm):
     ``lr = base_lr * gamma ** (last_epoch // step_size)``; from an lr set elsewhere, torch's
     ``lr *= gamma`` at each multiple of ``step_size``."""
 
+    _hypers = attrgetter("step_size", "gamma", "base_lrs")
+
     def __init__(
         self, optimizer: Optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
@@ -697,6 +735,8 @@ class MultiStepLR(_ClosedForm):
     """Decays each group's lr by ``gamma`` at every milestone:
     ``lr = base_lr * gamma ** bisect_right(milestones, last_epoch)`` (repeats compound); from an
     lr set elsewhere, torch's ``lr *= gamma ** milestones[last_epoch]``."""
+
+    _hypers = attrgetter("milestones", "gamma", "base_lrs")
 
     def __init__(
         self,
@@ -729,6 +769,8 @@ class MultiStepLR(_ClosedForm):
 class ConstantLR(_ClosedForm):
     """``lr = base_lr * factor`` until ``total_iters``, then ``base_lr``; from an lr set
     elsewhere, torch's ``lr *= factor`` at step 0 and ``lr *= 1 / factor`` at ``total_iters``."""
+
+    _hypers = attrgetter("factor", "total_iters", "base_lrs")
 
     def __init__(
         self,
@@ -771,6 +813,8 @@ class ConstantLR(_ClosedForm):
 class LinearLR(_ClosedForm):
     """``lr = base_lr * (start + (end - start) * min(last_epoch, total_iters) / total_iters)``;
     from an lr set elsewhere, torch's ratio of consecutive factors."""
+
+    _hypers = attrgetter("start_factor", "end_factor", "total_iters", "base_lrs")
 
     def __init__(
         self,
@@ -819,6 +863,8 @@ class ExponentialLR(_ClosedForm):
     """``lr = base_lr * gamma ** last_epoch``; from an lr set elsewhere, torch's
     ``lr *= gamma``."""
 
+    _hypers = attrgetter("gamma", "base_lrs")
+
     def __init__(self, optimizer: Optimizer, gamma: float, last_epoch: int = -1) -> None:
         _check_last_epoch(last_epoch)
         _try_schedule(schedules.Exponential, gamma)
@@ -839,6 +885,8 @@ class ExponentialLR(_ClosedForm):
 class PolynomialLR(_ClosedForm):
     """``lr = base_lr * (1 - min(last_epoch, total_iters) / total_iters) ** power``; from an lr
     set elsewhere, torch's ratio of consecutive factors."""
+
+    _hypers = attrgetter("total_iters", "power", "base_lrs")
 
     def __init__(
         self,
@@ -872,6 +920,8 @@ class CosineAnnealingLR(_ClosedForm):
     """``lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * last_epoch / T_max)) / 2``,
     periodic past ``T_max`` exactly like torch's; from an lr set elsewhere, torch's recursion
     ``eta_min + (lr - eta_min) * (1 + cos(pi t / T)) / (1 + cos(pi (t - 1) / T))``."""
+
+    _hypers = attrgetter("T_max", "eta_min", "base_lrs")
 
     def __init__(
         self,
@@ -920,6 +970,8 @@ class CosineAnnealingWarmRestarts(_ClosedForm):
     by hand (or loaded from a state torch's recursion left inconsistent) is carried forward with
     torch's recursion, ``T_cur += 1``, wrapping at ``T_i``.
     """
+
+    _hypers = attrgetter("T_0", "T_mult", "eta_min", "base_lrs")
 
     _chainable = False
 
@@ -1072,6 +1124,17 @@ class CyclicLR(_ClosedForm):
     __slots__ = ("_exact_steps",)
     _kept_slots = ("_exact_steps",)
     _chainable = False
+    _hypers = attrgetter(
+        "base_lrs",
+        "max_lrs",
+        "total_size",
+        "step_ratio",
+        "mode",
+        "gamma",
+        "scale_mode",
+        "_scale_fn_custom",
+        "cycle_momentum",
+    )
 
     def __init__(
         self,
@@ -1123,9 +1186,10 @@ class CyclicLR(_ClosedForm):
         self.max_lrs = max_lrs
         up = float(step_size_up)
         down = float(step_size_down) if step_size_down is not None else up
-        self._exact_steps: tuple[float, float] | None = (up, down)
         self.total_size = up + down
         self.step_ratio = up / self.total_size
+        # up and down as given, while total_size and step_ratio are the ones they gave
+        self._exact_steps: tuple[float, ...] | None = (up, down, self.total_size, self.step_ratio)
         self.mode = mode
         self.gamma = gamma
         self._scale_fn_custom = scale_fn
@@ -1182,10 +1246,12 @@ class CyclicLR(_ClosedForm):
         return gamma**x
 
     def _cyclic(self, base: float, top: float, base_m: float, max_m: float, mode: str) -> Any:
-        up, down = self._exact_steps or (
-            self.total_size * self.step_ratio,
-            self.total_size * (1 - self.step_ratio),
-        )
+        exact = self._exact_steps
+        if exact is not None and exact[2:] == (self.total_size, self.step_ratio):
+            up, down = exact[:2]
+        else:
+            up = self.total_size * self.step_ratio
+            down = self.total_size * (1 - self.step_ratio)
         return schedules.Cyclic(base, top, up, down, mode, self.gamma, base_m, max_m)._node
 
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
@@ -1326,6 +1392,8 @@ class OneCycleLR(_ClosedForm):
 
     _chainable = False
     _nodes_read_groups = True
+    # (and each group's initial_lr, max_lr, min_lr, momenta: read when the nodes are built)
+    _hypers = attrgetter("total_steps", "_schedule_phases", "_anneal_func_type", "cycle_momentum")
 
     def __init__(
         self,
@@ -1534,6 +1602,7 @@ class ScheduleLR(_ClosedForm):
     """
 
     _private = ("_schedules",)
+    _hypers = attrgetter("_relative", "_schedules", "base_lrs", "cycle_momentum")
 
     def __init__(
         self,

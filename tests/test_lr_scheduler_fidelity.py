@@ -330,6 +330,57 @@ def test_a_hand_edited_t_cur_goes_on_as_in_torch(t_mult):
         assert_groups_match(opt_t, opt_p, where)
 
 
+def _set_attribute(sched: Any, key: str, value: Any) -> None:
+    """An attribute edit as users make them: assigned, or (a container) changed in place."""
+    if key == "milestones":
+        sched.milestones[7] += 1
+    elif key in ("base_lrs", "max_lrs"):
+        getattr(sched, key)[0] = value
+    else:
+        setattr(sched, key, value)
+
+
+@pytest.mark.parametrize(
+    ("name", "key", "value"),
+    [
+        ("StepLR", "gamma", 0.8),
+        ("StepLR", "step_size", 2),
+        ("MultiStepLR", "milestones", None),
+        ("ConstantLR", "total_iters", 9),
+        ("LinearLR", "end_factor", 0.5),
+        ("ExponentialLR", "gamma", 0.7),
+        ("ExponentialLR", "base_lrs", 0.4),
+        ("PolynomialLR", "power", 3.0),
+        ("CosineAnnealingLR", "T_max", 9),
+        ("CosineAnnealingLR", "base_lrs", 0.3),
+        ("CosineAnnealingWarmRestarts", "T_mult", 3),
+        ("CosineAnnealingWarmRestarts", "eta_min", 0.01),
+        ("CyclicLR", "max_lrs", 0.5),
+        ("CyclicLR", "gamma", 0.9),
+        ("OneCycleLR", "total_steps", 80),
+    ],
+)
+def test_a_scheduler_attribute_edited_mid_run_takes_effect_as_in_torch(name, key, value):
+    """torch reads its attributes at every step; pylr builds its closed forms again when they
+    changed, and goes on as torch's recursion does from there."""
+    runs = {}
+    for mod in (T, P):
+        opt = make_opt()
+        runs[mod] = (opt, BUILDERS[name](mod, opt))
+    (opt_t, ref), (opt_p, ours) = runs[T], runs[P]
+    for step in range(STEPS):
+        if step == 5:
+            _set_attribute(ref, key, value)
+            _set_attribute(ours, key, value)
+        if step == 15 and name in CHAINABLE:
+            ref.step(step)  # the closed form, from the edited attributes
+            ours.step(step)
+        else:
+            ref.step()
+            ours.step()
+        assert_groups_match(opt_t, opt_p, f"{name}.{key} step {step}")
+
+
 # ------------------------------------------------------------------------------------------
 # state dicts and __dict__, as torch's suite compares them
 
