@@ -638,7 +638,9 @@ class _ClosedForm(_torch.LRScheduler):
         return value
 
     def get_lr(self) -> list[Any]:
-        """The closed-form lr of each group at ``last_epoch`` (a group without one: its lr)."""
+        """What torch's ``get_lr`` returns: for the chainable schedulers its recursion applied to
+        each group's lr at ``last_epoch`` (called outside ``step()`` that is one step more, as in
+        torch), for the others the lr at ``last_epoch``. ``get_last_lr()`` is the lr in use."""
         if not self._get_lr_called_within_step:
             warnings.warn(
                 "To get the last learning rate computed by the scheduler, please use "
@@ -646,7 +648,11 @@ class _ClosedForm(_torch.LRScheduler):
                 UserWarning,
                 stacklevel=2,
             )
-        return self._values_at(self.last_epoch, self._nodes_track())
+        track = self._nodes_track()
+        if track.chainable:
+            groups = self.optimizer.param_groups
+            return [self._continue(i, g["lr"], self.last_epoch) for i, g in enumerate(groups)]
+        return self._values_at(self.last_epoch, track)
 
     def _get_closed_form_lr(self) -> list[Any]:
         return self._values_at(self.last_epoch, self._nodes_track())

@@ -381,6 +381,25 @@ def test_a_scheduler_attribute_edited_mid_run_takes_effect_as_in_torch(name, key
         assert_groups_match(opt_t, opt_p, f"{name}.{key} step {step}")
 
 
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_get_lr_outside_step_returns_what_torch_s_returns(name):
+    """torch warns that get_lr() is not the lr in use; what it returns still is torch's."""
+    runs = {}
+    for mod in (T, P):
+        opt = make_opt(tensor_lr=True)
+        runs[mod] = (opt, BUILDERS[name](mod, opt))
+    (opt_t, ref), (opt_p, ours) = runs[T], runs[P]
+    for step in range(12):
+        with pytest.warns(UserWarning, match="please use `get_last_lr"):
+            expected = ref.get_lr()
+        with pytest.warns(UserWarning, match="please use `get_last_lr"):
+            got = ours.get_lr()
+        assert_lrs_match(expected, got, f"{name} get_lr at {step}")
+        assert_groups_match(opt_t, opt_p, f"{name} step {step}")  # and it changed no lr
+        ref.step()
+        ours.step()
+
+
 # ------------------------------------------------------------------------------------------
 # state dicts and __dict__, as torch's suite compares them
 
