@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as SequenceABC
 from functools import partial
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import torch
@@ -1389,6 +1389,27 @@ def _one_cycle_phases(name: str, value: Any) -> None:
         start = end
 
 
+_ONE_CYCLE_KEYS = ("initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+_one_cycle_keys = itemgetter(*_ONE_CYCLE_KEYS)
+
+
+def _one_cycle_hypers(self: Any) -> tuple[Any, ...]:
+    """What OneCycleLR's nodes are built from: its attributes, and the keys it reads from every
+    param group (torch's reads them at every step)."""
+    groups = self.optimizer.param_groups
+    try:
+        keys = list(map(_one_cycle_keys, groups))
+    except KeyError:  # no momenta (cycle_momentum=False), or a group added without the keys
+        keys = [tuple(map(g.get, _ONE_CYCLE_KEYS)) for g in groups]
+    return (
+        self.total_steps,
+        self._schedule_phases,
+        self._anneal_func_type,
+        self.cycle_momentum,
+        keys,
+    )
+
+
 class OneCycleLR(_ClosedForm):
     """The 1cycle policy (Smith & Topin, 2018), with momentum cycled inversely; see
     :class:`pylr.schedules.OneCycle` for the formula. Stepping past ``total_steps`` raises
@@ -1398,8 +1419,7 @@ class OneCycleLR(_ClosedForm):
 
     _chainable = False
     _nodes_read_groups = True
-    # (and each group's initial_lr, max_lr, min_lr, momenta: read when the nodes are built)
-    _hypers = attrgetter("total_steps", "_schedule_phases", "_anneal_func_type", "cycle_momentum")
+    _hypers = staticmethod(_one_cycle_hypers)
 
     def __init__(
         self,

@@ -334,6 +334,8 @@ def _set_attribute(sched: Any, key: str, value: Any) -> None:
     """An attribute edit as users make them: assigned, or (a container) changed in place."""
     if key == "milestones":
         sched.milestones[7] += 1
+    elif key == "group max_lr":  # OneCycleLR reads its lrs from the groups
+        sched.optimizer.param_groups[0]["max_lr"] = value
     elif key in ("base_lrs", "max_lrs"):
         getattr(sched, key)[0] = value
     else:
@@ -358,6 +360,7 @@ def _set_attribute(sched: Any, key: str, value: Any) -> None:
         ("CyclicLR", "max_lrs", 0.5),
         ("CyclicLR", "gamma", 0.9),
         ("OneCycleLR", "total_steps", 80),
+        ("OneCycleLR", "group max_lr", 0.5),
     ],
 )
 def test_a_scheduler_attribute_edited_mid_run_takes_effect_as_in_torch(name, key, value):
