@@ -21,7 +21,15 @@ returns to the closed form as soon as the two agree to rounding. So both a hand 
 schedulers on one optimizer behave as in torch, and resuming with ``last_epoch=k`` does too.
 The other classes (CyclicLR, OneCycleLR, CosineAnnealingWarmRestarts, LambdaLR) compute their lr
 from scratch in torch as well: a hand edit is overwritten at the next step in both.
-CosineAnnealingWarmRestarts carries a hand-edited ``T_cur`` forward as torch does.
+CosineAnnealingWarmRestarts carries a hand-edited ``T_cur`` forward as torch does. torch reads a
+scheduler's attributes at every step; an attribute edited between steps (``sched.gamma = 0.5``,
+``sched.base_lrs[0] = 0.2``, OneCycleLR's keys in a group) makes pylr build its closed forms
+again, and takes effect as in torch.
+
+What remains different: the closed form and torch's recursion round differently (they agree to
+about 1e-15 relative per step, a float32 tensor lr to an ulp of float32); warm restarts find the
+restart exactly where torch's ``step(epoch)`` misrounds its ``log`` and where torch's constructor,
+resuming at ``last_epoch=k`` with ``T_mult > 1``, wraps ``T_cur`` only once.
 
 A param group added with ``optimizer.add_param_group`` after a scheduler was built has no closed
 form: the chainable schedulers (and ScheduleLR with one schedule for all groups) continue its lr
