@@ -514,9 +514,9 @@ class _ClosedForm(_torch.LRScheduler):
         # a group without a node (added later) has no momentum schedule
         groups = self.optimizer.param_groups
         use_beta1 = self.use_beta1
-        if track.like is None:
+        if track.like is None and not use_beta1:
             for group, node in zip(groups, track.nodes, strict=False):
-                _write_momentum(group, use_beta1, node.momentum(t))
+                group["momentum"] = node.momentum(t)
             return
         for i, (group, node) in enumerate(zip(groups, track.nodes, strict=False)):
             _write_momentum(group, use_beta1, _shaped(track, i, 1, node.momentum(t)))
