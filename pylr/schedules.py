@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pylr import _core
+from pylr import _validate as check
+from pylr._validate import NotFiniteError
 
 __all__ = [
     "MAX_DEPTH",
@@ -64,16 +66,11 @@ __all__ = [
     "warmup",
 ]
 
-_INF = math.inf
-
 MAX_DEPTH: int = _core.MAX_SCHEDULE_DEPTH
 """The deepest composition a schedule may be, in levels (a leaf is one level):
 ``warmup(0.5 * Cosine(...))`` is three. The C++ evaluation recurses once per level; the bound
 keeps that, ``repr``, pickling and ``to_dict``/``from_dict`` well inside Python's default
 recursion limit."""
-
-# Integer arguments are step counts, which the C++ core holds as doubles: exact up to 2**53.
-_MAX_COUNT = 2**53
 
 # Node kinds; must match ScheduleKind in csrc/schedule.hpp.
 _CONSTANT, _STEP, _MULTISTEP, _EXPONENTIAL, _LINEAR, _POLYNOMIAL, _COSINE = range(7)
@@ -87,124 +84,7 @@ _WARMUP_MODES = ("linear", "constant", "exponential")
 
 
 # --------------------------------------------------------------------------------------------
-# Argument checks: one place for every message, so that every schedule words them the same way.
-
-
-class NotFiniteError(ValueError, OverflowError):
-    """An argument that is infinite or too large for a double. A ``ValueError`` like every other
-    bad value, and an ``OverflowError`` as Python's ``float()`` (and torch, for an infinite
-    ``last_epoch``) raise for it."""
-
-
-def _real(
-    name: str,
-    value: Any,
-    *,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-) -> float:
-    """Return ``value`` as a finite float, or raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    try:
-        v = float(value)
-    except OverflowError:
-        raise NotFiniteError(
-            f"{name} must be finite, got a number too large for a double"
-        ) from None
-    if math.isnan(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    if math.isinf(v):
-        raise NotFiniteError(f"{name} must be finite, got {v}")
-    if gt is not None and not v > gt:
-        raise ValueError(f"{name} must be > {gt}, got {v}")
-    if ge is not None and not v >= ge:
-        raise ValueError(f"{name} must be >= {ge}, got {v}")
-    if lt is not None and not v < lt:
-        raise ValueError(f"{name} must be < {lt}, got {v}")
-    if le is not None and not v <= le:
-        raise ValueError(f"{name} must be <= {le}, got {v}")
-    return v
-
-
-def _int(name: str, value: Any, *, ge: int = 0) -> int:
-    """Return ``value`` as an int in ``[ge, 2**53]`` (a count of steps, exact as a double), or raise
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    v = int(value)
-    if v < ge:
-        raise ValueError(f"{name} must be >= {ge}, got {v}")
-    if v > _MAX_COUNT:
-        raise NotFiniteError(f"{name} must be <= 2**53 = {_MAX_COUNT}, got {_short(v)}")
-    return v
-
-
-def _short(v: int) -> str:
-    """An int for a message: its digits, or its size in bits when they are too many to read."""
-    return str(v) if v.bit_length() <= 200 else f"an integer of {v.bit_length()} bits"
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
-def _schedule(name: str, value: Any) -> Schedule:
-    if not isinstance(value, Schedule):
-        raise TypeError(f"{name} must be a pylr.schedules.Schedule, got {type(value).__name__}")
-    return value
-
-
-def _schedule_list(name: str, value: Any) -> tuple[Schedule, ...]:
-    if isinstance(value, Schedule) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list of schedules, got {type(value).__name__}")
-    items = tuple(value)
-    if not items:
-        raise ValueError(f"{name} must not be empty")
-    return tuple(_schedule(f"{name}[{i}]", s) for i, s in enumerate(items))
-
-
-def _milestones(name: str, value: Any, *, strict: bool) -> tuple[int, ...]:
-    """Non-negative integer milestones in non-decreasing (strict: increasing) order."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise TypeError(f"{name} must be a list of integers, got {type(value).__name__}")
-    items = tuple(_int(f"{name}[{i}]", m) for i, m in enumerate(value))
-    for i in range(1, len(items)):
-        if items[i] < items[i - 1] or (strict and items[i] == items[i - 1]):
-            order = "increasing" if strict else "sorted in non-decreasing order"
-            raise ValueError(f"{name} must be {order}, got {list(items)}")
-    return items
-
-
-def _steps_array(steps: Any) -> np.ndarray:
-    try:
-        arr = np.asarray(steps, dtype=np.float64)
-    except OverflowError:
-        raise NotFiniteError("steps must be finite and >= 0") from None
-    if arr.size and not (arr.min() >= 0.0 and arr.max() < _INF):
-        raise ValueError("steps must be finite and >= 0")
-    return arr
-
-
-def _step(step: Any) -> float:
-    """One step for ``__call__``/``momentum``: a number (a float, int, numpy or 0-d torch scalar)
-    that is finite and >= 0."""
-    if isinstance(step, (str, bytes)):
-        raise TypeError(f"step must be a number, got {type(step).__name__}")
-    try:
-        t = float(step)
-    except OverflowError:
-        t = _INF
-    except (TypeError, ValueError):
-        raise TypeError(f"step must be a number, got {type(step).__name__}") from None
-    if not 0.0 <= t < _INF:
-        shown = _short(step) if isinstance(step, int) else repr(step)
-        raise ValueError(f"step must be finite and >= 0, got {shown}")
-    return t
+# Checks of compositions (argument checks live in pylr._validate, shared with the schedulers)
 
 
 def _nest(what: str, children: Iterable[Schedule]) -> None:
@@ -284,14 +164,14 @@ class Schedule:
 
     def __call__(self, step: float) -> float:
         """The value at ``step`` (an int or float >= 0)."""
-        return self._node.value(_step(step))
+        return self._node.value(check.step_value(step))
 
     def values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Values at many steps in one C++ call: ``steps`` is a count ``n`` (steps ``0..n-1``)
         or an array of steps. Returns float64 values with the shape of ``steps``."""
         if _is_count(steps):
-            return self._node.values_range(_int("steps", steps))
-        return self._node.values(_steps_array(steps))
+            return self._node.values_range(check.integer("steps", steps))
+        return self._node.values(check.step_array(steps))
 
     @property
     def has_momentum(self) -> bool:
@@ -301,14 +181,14 @@ class Schedule:
     def momentum(self, step: float) -> float:
         """The momentum (or Adam beta1) at ``step``, where the schedule defines one."""
         self._require_momentum()
-        return self._node.momentum(_step(step))
+        return self._node.momentum(check.step_value(step))
 
     def momentum_values(self, steps: int | SequenceABC[float] | np.ndarray) -> np.ndarray:
         """Momentum at many steps; ``steps`` as in :meth:`values`."""
         self._require_momentum()
         if _is_count(steps):
-            return self._node.momentum_values_range(_int("steps", steps))
-        return self._node.momentum_values(_steps_array(steps))
+            return self._node.momentum_values_range(check.integer("steps", steps))
+        return self._node.momentum_values(check.step_array(steps))
 
     def _require_momentum(self) -> None:
         if not self._node.has_momentum:
@@ -449,7 +329,7 @@ class Constant(Schedule):
     _fields = ("value",)
 
     def __init__(self, value: float = 1.0) -> None:
-        self._set(value=_real("value", value))
+        self._set(value=check.real("value", value))
 
     def _build(self) -> Any:
         return _node(_CONSTANT, [self.value])
@@ -463,9 +343,9 @@ class Step(Schedule):
 
     def __init__(self, step_size: int, gamma: float = 0.1, base_lr: float = 1.0) -> None:
         self._set(
-            step_size=_int("step_size", step_size, ge=1),
-            gamma=_real("gamma", gamma, gt=0.0),
-            base_lr=_real("base_lr", base_lr),
+            step_size=check.integer("step_size", step_size, ge=1),
+            gamma=check.real("gamma", gamma, gt=0.0),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -483,9 +363,9 @@ class MultiStep(Schedule):
 
     def __init__(self, milestones: Iterable[int], gamma: float = 0.1, base_lr: float = 1.0) -> None:
         self._set(
-            milestones=_milestones("milestones", milestones, strict=False),
-            gamma=_real("gamma", gamma, gt=0.0),
-            base_lr=_real("base_lr", base_lr),
+            milestones=check.milestones("milestones", milestones, strict=False),
+            gamma=check.real("gamma", gamma, gt=0.0),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -499,7 +379,7 @@ class Exponential(Schedule):
     _fields = ("gamma", "base_lr")
 
     def __init__(self, gamma: float, base_lr: float = 1.0) -> None:
-        self._set(gamma=_real("gamma", gamma, gt=0.0), base_lr=_real("base_lr", base_lr))
+        self._set(gamma=check.real("gamma", gamma, gt=0.0), base_lr=check.real("base_lr", base_lr))
 
     def _build(self) -> Any:
         return _node(_EXPONENTIAL, [self.base_lr, self.gamma])
@@ -520,10 +400,10 @@ class Linear(Schedule):
         base_lr: float = 1.0,
     ) -> None:
         self._set(
-            start_factor=_real("start_factor", start_factor, ge=0.0),
-            end_factor=_real("end_factor", end_factor, ge=0.0),
-            total_iters=_int("total_iters", total_iters, ge=1),
-            base_lr=_real("base_lr", base_lr),
+            start_factor=check.real("start_factor", start_factor, ge=0.0),
+            end_factor=check.real("end_factor", end_factor, ge=0.0),
+            total_iters=check.integer("total_iters", total_iters, ge=1),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -539,9 +419,9 @@ class Polynomial(Schedule):
 
     def __init__(self, total_iters: int = 5, power: float = 1.0, base_lr: float = 1.0) -> None:
         self._set(
-            total_iters=_int("total_iters", total_iters, ge=1),
-            power=_real("power", power, ge=0.0),
-            base_lr=_real("base_lr", base_lr),
+            total_iters=check.integer("total_iters", total_iters, ge=1),
+            power=check.real("power", power, ge=0.0),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -557,9 +437,9 @@ class Cosine(Schedule):
 
     def __init__(self, T_max: float, eta_min: float = 0.0, base_lr: float = 1.0) -> None:
         self._set(
-            T_max=_real("T_max", T_max, gt=0.0),
-            eta_min=_real("eta_min", eta_min),
-            base_lr=_real("base_lr", base_lr),
+            T_max=check.real("T_max", T_max, gt=0.0),
+            eta_min=check.real("eta_min", eta_min),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -584,10 +464,10 @@ class CosineWarmRestarts(Schedule):
         base_lr: float = 1.0,
     ) -> None:
         self._set(
-            T_0=_int("T_0", T_0, ge=1),
-            T_mult=_int("T_mult", T_mult, ge=1),
-            eta_min=_real("eta_min", eta_min),
-            base_lr=_real("base_lr", base_lr),
+            T_0=check.integer("T_0", T_0, ge=1),
+            T_mult=check.integer("T_mult", T_mult, ge=1),
+            eta_min=check.real("eta_min", eta_min),
+            base_lr=check.real("base_lr", base_lr),
         )
 
     def _build(self) -> Any:
@@ -635,19 +515,21 @@ class Cyclic(Schedule):
         base_momentum: float = 0.8,
         max_momentum: float = 0.9,
     ) -> None:
-        up = _real("step_size_up", step_size_up, gt=0.0)
-        down = up if step_size_down is None else _real("step_size_down", step_size_down, gt=0.0)
+        up = check.real("step_size_up", step_size_up, gt=0.0)
+        down = (
+            up if step_size_down is None else check.real("step_size_down", step_size_down, gt=0.0)
+        )
         if not math.isfinite(up + down):
             raise NotFiniteError(f"step_size_up + step_size_down must be finite, got {up} + {down}")
         self._set(
-            base_lr=_real("base_lr", base_lr),
-            max_lr=_real("max_lr", max_lr),
+            base_lr=check.real("base_lr", base_lr),
+            max_lr=check.real("max_lr", max_lr),
             step_size_up=up,
             step_size_down=down,
-            mode=_choice("mode", mode, _CYCLIC_MODES),
-            gamma=_real("gamma", gamma, gt=0.0),
-            base_momentum=_real("base_momentum", base_momentum),
-            max_momentum=_real("max_momentum", max_momentum),
+            mode=check.choice("mode", mode, _CYCLIC_MODES),
+            gamma=check.real("gamma", gamma, gt=0.0),
+            base_momentum=check.real("base_momentum", base_momentum),
+            max_momentum=check.real("max_momentum", max_momentum),
         )
 
     def _build(self) -> Any:
@@ -712,21 +594,21 @@ class OneCycle(Schedule):
         base_momentum: float = 0.85,
         max_momentum: float = 0.95,
     ) -> None:
-        total = _int("total_steps", total_steps, ge=1)
-        pct = _real("pct_start", pct_start, gt=0.0, lt=1.0)
+        total = check.integer("total_steps", total_steps, ge=1)
+        pct = check.real("pct_start", pct_start, gt=0.0, lt=1.0)
         if not isinstance(three_phase, bool):
             raise TypeError(f"three_phase must be a bool, got {type(three_phase).__name__}")
         _check_one_cycle_phases(total, pct, three_phase)
         self._set(
-            max_lr=_real("max_lr", max_lr, gt=0.0),
+            max_lr=check.real("max_lr", max_lr, gt=0.0),
             total_steps=total,
             pct_start=pct,
-            anneal_strategy=_choice("anneal_strategy", anneal_strategy, _ANNEAL_STRATEGIES),
-            div_factor=_real("div_factor", div_factor, gt=0.0),
-            final_div_factor=_real("final_div_factor", final_div_factor, gt=0.0),
+            anneal_strategy=check.choice("anneal_strategy", anneal_strategy, _ANNEAL_STRATEGIES),
+            div_factor=check.real("div_factor", div_factor, gt=0.0),
+            final_div_factor=check.real("final_div_factor", final_div_factor, gt=0.0),
             three_phase=three_phase,
-            base_momentum=_real("base_momentum", base_momentum),
-            max_momentum=_real("max_momentum", max_momentum),
+            base_momentum=check.real("base_momentum", base_momentum),
+            max_momentum=check.real("max_momentum", max_momentum),
         )
 
     def _build(self) -> Any:
@@ -735,7 +617,7 @@ class OneCycle(Schedule):
             initial_lr=initial_lr,
             max_lr=self.max_lr,
             min_lr=initial_lr / self.final_div_factor,
-            phase_ends=_one_cycle_phase_ends(self.total_steps, self.pct_start, self.three_phase),
+            phase_ends=one_cycle_phase_ends(self.total_steps, self.pct_start, self.three_phase),
             anneal_strategy=self.anneal_strategy,
             base_momentum=self.base_momentum,
             max_momentum=self.max_momentum,
@@ -775,12 +657,12 @@ class FastaiOneCycle(Schedule):
         if isinstance(moms, (str, bytes)) or not isinstance(moms, SequenceABC) or len(moms) != 3:
             raise ValueError(f"moms must be three numbers (start, middle, end), got {moms!r}")
         self._set(
-            lr_max=_real("lr_max", lr_max, gt=0.0),
-            total_steps=_int("total_steps", total_steps, ge=1),
-            pct_start=_real("pct_start", pct_start, gt=0.0, lt=1.0),
-            div=_real("div", div, gt=0.0),
-            div_final=_real("div_final", div_final, gt=0.0),
-            moms=tuple(_real(f"moms[{i}]", m) for i, m in enumerate(moms)),
+            lr_max=check.real("lr_max", lr_max, gt=0.0),
+            total_steps=check.integer("total_steps", total_steps, ge=1),
+            pct_start=check.real("pct_start", pct_start, gt=0.0, lt=1.0),
+            div=check.real("div", div, gt=0.0),
+            div_final=check.real("div_final", div_final, gt=0.0),
+            moms=tuple(check.real(f"moms[{i}]", m) for i, m in enumerate(moms)),
         )
 
     def _build(self) -> Any:
@@ -800,7 +682,7 @@ class FastaiOneCycle(Schedule):
         )
 
 
-def _one_cycle_phase_ends(total: int, pct: float, three_phase: bool) -> list[float]:
+def one_cycle_phase_ends(total: int, pct: float, three_phase: bool) -> list[float]:
     """The last step of each phase, computed exactly as torch's OneCycleLR does."""
     ends = [float(pct * total) - 1]
     if three_phase:
@@ -849,7 +731,7 @@ def one_cycle_node(
 
 def _check_one_cycle_phases(total: int, pct: float, three_phase: bool) -> None:
     """Reject phases of zero length, where torch's OneCycleLR divides by zero."""
-    ends = _one_cycle_phase_ends(total, pct, three_phase)
+    ends = one_cycle_phase_ends(total, pct, three_phase)
     start = 0.0
     for i, end in enumerate(ends):
         if end == start:
@@ -874,10 +756,13 @@ class InverseSqrt(Schedule):
     def __init__(
         self, peak_value: float, warmup_steps: int = 0, timescale: float | None = None
     ) -> None:
-        warm = _int("warmup_steps", warmup_steps)
-        scale = (warm or 10_000) if timescale is None else _real("timescale", timescale, gt=0.0)
+        warm = check.integer("warmup_steps", warmup_steps)
+        if timescale is None:
+            scale = warm or 10_000
+        else:
+            scale = check.real("timescale", timescale, gt=0.0)
         self._set(
-            peak_value=_real("peak_value", peak_value, ge=0.0),
+            peak_value=check.real("peak_value", peak_value, ge=0.0),
             warmup_steps=warm,
             timescale=float(scale),
         )
@@ -925,13 +810,13 @@ class WarmupStableDecay(Schedule):
         min_ratio: float = 0.0,
     ) -> None:
         self._set(
-            peak_value=_real("peak_value", peak_value, ge=0.0),
-            warmup_steps=_int("warmup_steps", warmup_steps),
-            stable_steps=_int("stable_steps", stable_steps),
-            decay_steps=_int("decay_steps", decay_steps),
-            decay_shape=_choice("decay_shape", decay_shape, _DECAY_SHAPES),
-            init_value=_real("init_value", init_value, ge=0.0),
-            min_ratio=_real("min_ratio", min_ratio, ge=0.0, le=1.0),
+            peak_value=check.real("peak_value", peak_value, ge=0.0),
+            warmup_steps=check.integer("warmup_steps", warmup_steps),
+            stable_steps=check.integer("stable_steps", stable_steps),
+            decay_steps=check.integer("decay_steps", decay_steps),
+            decay_shape=check.choice("decay_shape", decay_shape, _DECAY_SHAPES),
+            init_value=check.real("init_value", init_value, ge=0.0),
+            min_ratio=check.real("min_ratio", min_ratio, ge=0.0, le=1.0),
         )
 
     def _build(self) -> Any:
@@ -969,18 +854,18 @@ class WarmupCosine(Schedule):
         init_value: float = 0.0,
         min_ratio: float = 0.0,
     ) -> None:
-        warm = _int("warmup_steps", warmup_steps)
-        total = _int("total_steps", total_steps, ge=1)
+        warm = check.integer("warmup_steps", warmup_steps)
+        total = check.integer("total_steps", total_steps, ge=1)
         if total <= warm:
             raise ValueError(
                 f"total_steps must be > warmup_steps, got total_steps={total}, warmup_steps={warm}"
             )
         self._set(
-            peak_value=_real("peak_value", peak_value, ge=0.0),
+            peak_value=check.real("peak_value", peak_value, ge=0.0),
             warmup_steps=warm,
             total_steps=total,
-            init_value=_real("init_value", init_value, ge=0.0),
-            min_ratio=_real("min_ratio", min_ratio, ge=0.0, le=1.0),
+            init_value=check.real("init_value", init_value, ge=0.0),
+            min_ratio=check.real("min_ratio", min_ratio, ge=0.0, le=1.0),
         )
 
     def _build(self) -> Any:
@@ -1003,8 +888,8 @@ class Sequence(Schedule):
     _fields = ("schedules", "milestones")
 
     def __init__(self, schedules: Iterable[Schedule], milestones: Iterable[int]) -> None:
-        parts = _schedule_list("schedules", schedules)
-        marks = _milestones("milestones", milestones, strict=False)
+        parts = check.schedule_list("schedules", schedules)
+        marks = check.milestones("milestones", milestones, strict=False)
         if len(marks) != len(parts) - 1:
             raise ValueError(
                 f"milestones must have one entry fewer than schedules, got {len(marks)} "
@@ -1026,7 +911,7 @@ class Chain(Schedule):
     _fields = ("schedules",)
 
     def __init__(self, schedules: Iterable[Schedule]) -> None:
-        parts = _schedule_list("schedules", schedules)
+        parts = check.schedule_list("schedules", schedules)
         _nest("Chain", parts)
         self._set(schedules=parts)
 
@@ -1048,15 +933,15 @@ class Warmup(Schedule):
     def __init__(
         self, schedule: Schedule, steps: int, mode: str = "linear", start_factor: float = 0.0
     ) -> None:
-        how = _choice("mode", mode, _WARMUP_MODES)
-        start = _real("start_factor", start_factor, ge=0.0, le=1.0)
+        how = check.choice("mode", mode, _WARMUP_MODES)
+        start = check.real("start_factor", start_factor, ge=0.0, le=1.0)
         if how != "linear" and start == 0.0:
             raise ValueError(f"start_factor must be > 0 for {how} warmup, got {start}")
-        inner = _schedule("schedule", schedule)
+        inner = check.schedule("schedule", schedule)
         _nest("Warmup", [inner])
         self._set(
             schedule=inner,
-            steps=_int("steps", steps, ge=1),
+            steps=check.integer("steps", steps, ge=1),
             mode=how,
             start_factor=start,
         )
@@ -1077,9 +962,9 @@ class Scaled(Schedule):
     _fields = ("schedule", "factor")
 
     def __init__(self, schedule: Schedule, factor: float) -> None:
-        inner = _schedule("schedule", schedule)
+        inner = check.schedule("schedule", schedule)
         _nest("Scaled", [inner])
-        self._set(schedule=inner, factor=_real("factor", factor))
+        self._set(schedule=inner, factor=check.real("factor", factor))
 
     def _build(self) -> Any:
         return _node(_SCALE, [self.factor], (), [self.schedule])
