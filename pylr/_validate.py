@@ -154,6 +154,13 @@ def hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None)
     return v
 
 
+def seed(name: str, value: Any) -> int:
+    """An integer in [0, 2**32): the seed of stochastic rounding's random bits."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return value
+
+
 def flag(name: str, value: Any) -> bool:
     """``True`` or ``False`` (not 0 or 1)."""
     if not isinstance(value, bool):

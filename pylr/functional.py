@@ -33,34 +33,10 @@ import numpy as np
 import torch
 
 from pylr import _core
+from pylr import _validate as _check
 from pylr._plan import PointerTable, Proof, check_columns
 
 __all__ = ["adam_", "adamw_", "sgd_"]
-
-
-def check_hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None) -> float:
-    """A finite float in [low, high) (high exclusive), or a ValueError naming it."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"Tensor {name} must be 1-element")
-        value = value.item()
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"Invalid {name} value: {v} (must be finite)")
-    if v < low or (high is not None and v >= high):
-        bound = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"Invalid {name} value: {v} (must be {bound})")
-    return v
-
-
-def check_seed(name: str, value: Any) -> int:
-    """An integer in [0, 2**32): the seed of stochastic rounding's random bits."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
-    return value
 
 
 def adam_group_row(
@@ -78,16 +54,16 @@ def adam_group_row(
 ) -> list[float]:
     """One checked row of Adam scalars, in csrc/optim/cpu.hpp's AdamGroupColumn order."""
     return [
-        check_hyper("lr", lr),
-        check_hyper(beta_names[0], betas[0], high=1.0),
-        check_hyper(beta_names[1], betas[1], high=1.0),
-        check_hyper("eps", eps),
-        check_hyper("weight_decay", weight_decay),
+        _check.hyper("lr", lr),
+        _check.hyper(beta_names[0], betas[0], high=1.0),
+        _check.hyper(beta_names[1], betas[1], high=1.0),
+        _check.hyper("eps", eps),
+        _check.hyper("weight_decay", weight_decay),
         float(bool(amsgrad)),
         float(bool(maximize)),
         float(bool(decoupled)),
         float(bool(stochastic_rounding)),
-        float(check_seed("rounding_seed", rounding_seed)),
+        float(_check.seed("rounding_seed", rounding_seed)),
     ]
 
 
@@ -106,15 +82,15 @@ def sgd_group_row(
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     return [
-        check_hyper("lr", lr),
-        check_hyper("momentum", momentum),
-        check_hyper("dampening", dampening, low=-math.inf),
-        check_hyper("weight_decay", weight_decay),
+        _check.hyper("lr", lr),
+        _check.hyper("momentum", momentum),
+        _check.hyper("dampening", dampening, low=-math.inf),
+        _check.hyper("weight_decay", weight_decay),
         float(bool(nesterov)),
         float(bool(maximize)),
         float(bool(stochastic_rounding)),
-        float(check_seed("rounding_seed", rounding_seed)),
-        float(check_seed("rounding_step", rounding_step % 2**32)),
+        float(_check.seed("rounding_seed", rounding_seed)),
+        float(_check.seed("rounding_step", rounding_step % 2**32)),
     ]
 
 

@@ -32,8 +32,9 @@ import torch
 from torch.optim import Optimizer
 
 from pylr import _core, _plan
+from pylr import _validate as _check
 from pylr._plan import STATE_DTYPES, PointerTable, Proof, check_columns, scalar_value
-from pylr.functional import adam_group_row, check_hyper, check_seed, scalar_ptr, sgd_group_row
+from pylr.functional import adam_group_row, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -110,7 +111,7 @@ def _check_state_options(state_dtype: Any, rounding_seed: Any) -> None:
             f"state_dtype must be None (the params' dtype), torch.float32 or torch.bfloat16, "
             f"got {state_dtype!r}"
         )
-    check_seed("rounding_seed", rounding_seed)
+    _check.seed("rounding_seed", rounding_seed)
 
 
 def _as_float(name: str, value: Any) -> float:
@@ -770,7 +771,7 @@ class Adam(_FusedOptimizer):
             ("betas[0]", betas[0]),
             ("betas[1]", betas[1]),
         ):
-            check_hyper(name, v)
+            _check.hyper(name, v)
         betas = tuple(float(_as_float("betas", b)) for b in betas)
         defaults = {
             "lr": lr,
@@ -1015,7 +1016,7 @@ class SGD(_FusedOptimizer):
             ("dampening", dampening),
             ("weight_decay", weight_decay),
         ):
-            check_hyper(name, v, low=-math.inf)
+            _check.hyper(name, v, low=-math.inf)
         defaults = {
             "lr": lr,
             "momentum": momentum,

@@ -13,45 +13,48 @@ import torch
 
 from pylr import _validate as check
 from pylr import schedules as S
-from pylr.functional import check_hyper
 
-HYPER_VALUES = [
-    0.0,
-    0.1,
-    1,
-    -0.5,
-    1.0,
-    0.999,
-    math.nan,
-    math.inf,
-    -math.inf,
-    np.float32(0.25),
-    torch.tensor(0.3),
-    torch.tensor([0.3]),
-    torch.tensor([0.1, 0.2]),
-    torch.tensor(2, dtype=torch.int64),
-    "0.1",
-    None,
-    [0.1],
+HYPER_CASES = [
+    # value, bounds, the expected value or (exception, message)
+    (0.1, {}, 0.1),
+    (0, {}, 0.0),
+    (np.float32(0.25), {}, 0.25),
+    (torch.tensor(0.3, dtype=torch.float64), {}, 0.3),
+    (torch.tensor([0.5]), {"high": 1.0}, 0.5),
+    (torch.tensor(2, dtype=torch.int64), {"low": -math.inf}, 2.0),
+    (-0.5, {"low": -math.inf}, -0.5),
+    (0.999, {"high": 1.0}, 0.999),
+    (-0.5, {}, (ValueError, "Invalid lr value: -0.5 (must be >= 0.0)")),
+    (1.0, {"high": 1.0}, (ValueError, "Invalid lr value: 1.0 (must be in [0.0, 1.0))")),
+    (0.4, {"low": 0.5, "high": 0.9}, (ValueError, "Invalid lr value: 0.4 (must be in [0.5, 0.9))")),
+    (math.nan, {}, (ValueError, "Invalid lr value: nan (must be finite)")),
+    (math.inf, {"low": -math.inf}, (ValueError, "Invalid lr value: inf (must be finite)")),
+    (torch.tensor([0.1, 0.2]), {}, (ValueError, "Tensor lr must be 1-element")),
+    ("0.1", {}, 0.1),  # float() reads it, as torch's comparisons would fail on it later
+    (None, {}, (TypeError, "lr must be a number, got NoneType")),
+    ([0.1], {}, (TypeError, "lr must be a number, got list")),
 ]
-HYPER_BOUNDS = [{}, {"high": 1.0}, {"low": -math.inf}, {"low": 0.5, "high": 0.9}]
 
 
 def _outcome(fn, *args, **kwargs):
     try:
-        return ("value", fn(*args, **kwargs))
+        return fn(*args, **kwargs)
     except (TypeError, ValueError) as e:
-        return (type(e).__name__, str(e))
+        return (type(e), str(e))
 
 
-@pytest.mark.parametrize("bounds", HYPER_BOUNDS, ids=str)
-@pytest.mark.parametrize("value", HYPER_VALUES, ids=repr)
-def test_hyper_is_check_hyper(value, bounds):
-    """The optimizers' check, for pylr.optim and pylr.functional to share: the same values and
-    the same errors, word for word, as pylr.functional.check_hyper."""
-    assert _outcome(check.hyper, "lr", value, **bounds) == _outcome(
-        check_hyper, "lr", value, **bounds
-    )
+@pytest.mark.parametrize(("value", "bounds", "expected"), HYPER_CASES, ids=repr)
+def test_hyper_reads_optimizer_hyperparameters(value, bounds, expected):
+    """The optimizers' check (pylr.optim and pylr.functional): a finite float in [low, high),
+    one-element tensors by value, messages worded as torch.optim's."""
+    assert _outcome(check.hyper, "lr", value, **bounds) == expected
+
+
+def test_seed_is_a_32_bit_integer():
+    assert check.seed("rounding_seed", 2**32 - 1) == 2**32 - 1
+    for bad in (-1, 2**32, 1.0, True, None):
+        with pytest.raises(ValueError, match="rounding_seed must be an integer in"):
+            check.seed("rounding_seed", bad)
 
 
 def test_scalar_reads_one_element_tensors_by_value():
