@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cmath>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +72,170 @@ NodePtr make_node(int kind, std::vector<double> params, std::vector<double> poin
     std::vector<std::shared_ptr<const ScheduleNode>> kids(children.begin(), children.end());
     return std::make_shared<ScheduleNode>(k, std::move(params), std::move(points),
                                           std::move(kids));
+}
+
+// The names of each kind's modes, in the order of their C++ enums (CyclicMode, Anneal,
+// DecayShape, WarmupMode); Python reads them from here to check its arguments.
+const std::vector<std::string> kCyclicModes{"triangular", "triangular2", "exp_range"};
+const std::vector<std::string> kAnnealStrategies{"cos", "linear"};
+const std::vector<std::string> kDecayShapes{"linear", "cosine", "1-sqrt"};
+const std::vector<std::string> kWarmupModes{"linear", "constant", "exponential"};
+
+double mode_code(const std::vector<std::string>& names, const std::string& name,
+                 const char* what) {
+    for (std::size_t i = 0; i < names.size(); ++i) {
+        if (names[i] == name) return static_cast<double>(i);
+    }
+    throw py::value_error(std::string("unknown ") + what + " '" + name + "'");
+}
+
+py::tuple names_of(const std::vector<std::string>& names) {
+    py::tuple t(names.size());
+    for (std::size_t i = 0; i < names.size(); ++i) t[i] = py::str(names[i]);
+    return t;
+}
+
+NodePtr leaf(ScheduleKind kind, std::vector<double> params, std::vector<double> points = {}) {
+    return make_node(static_cast<int>(kind), std::move(params), std::move(points), {});
+}
+
+// One typed factory per schedule kind, with the kind's parameters by name (boost-histogram's
+// style): the only place that knows a kind's parameter order is C++.
+void bind_schedule_factories(py::module_& m) {
+    using K = ScheduleKind;
+    using namespace pybind11::literals;
+    m.attr("CYCLIC_MODES") = names_of(kCyclicModes);
+    m.attr("ANNEAL_STRATEGIES") = names_of(kAnnealStrategies);
+    m.attr("DECAY_SHAPES") = names_of(kDecayShapes);
+    m.attr("WARMUP_MODES") = names_of(kWarmupModes);
+    m.def("constant", [](double value) { return leaf(K::Constant, {value}); }, py::kw_only(),
+          "value"_a);
+    m.def(
+        "step",
+        [](double base_lr, double step_size, double gamma) {
+            return leaf(K::Step, {base_lr, step_size, gamma});
+        },
+        py::kw_only(), "base_lr"_a, "step_size"_a, "gamma"_a);
+    m.def(
+        "multistep",
+        [](double base_lr, double gamma, std::vector<double> milestones) {
+            return leaf(K::MultiStep, {base_lr, gamma}, std::move(milestones));
+        },
+        py::kw_only(), "base_lr"_a, "gamma"_a, "milestones"_a);
+    m.def(
+        "exponential",
+        [](double base_lr, double gamma) { return leaf(K::Exponential, {base_lr, gamma}); },
+        py::kw_only(), "base_lr"_a, "gamma"_a);
+    m.def(
+        "linear",
+        [](double base_lr, double start_factor, double end_factor, double total_iters) {
+            return leaf(K::Linear, {base_lr, start_factor, end_factor, total_iters});
+        },
+        py::kw_only(), "base_lr"_a, "start_factor"_a, "end_factor"_a, "total_iters"_a);
+    m.def(
+        "polynomial",
+        [](double base_lr, double total_iters, double power) {
+            return leaf(K::Polynomial, {base_lr, total_iters, power});
+        },
+        py::kw_only(), "base_lr"_a, "total_iters"_a, "power"_a);
+    m.def(
+        "cosine",
+        [](double base_lr, double T_max, double eta_min) {
+            return leaf(K::Cosine, {base_lr, T_max, eta_min});
+        },
+        py::kw_only(), "base_lr"_a, "T_max"_a, "eta_min"_a);
+    m.def(
+        "cosine_warm_restarts",
+        [](double base_lr, double T_0, double T_mult, double eta_min) {
+            return leaf(K::CosineWarmRestarts, {base_lr, T_0, T_mult, eta_min});
+        },
+        py::kw_only(), "base_lr"_a, "T_0"_a, "T_mult"_a, "eta_min"_a);
+    m.def(
+        "cyclic",
+        [](double base_lr, double max_lr, double step_size_up, double step_size_down,
+           const std::string& mode, double gamma, double base_momentum, double max_momentum) {
+            return leaf(K::Cyclic, {base_lr, max_lr, step_size_up, step_size_down,
+                                    mode_code(kCyclicModes, mode, "cyclic mode"), gamma,
+                                    base_momentum, max_momentum});
+        },
+        py::kw_only(), "base_lr"_a, "max_lr"_a, "step_size_up"_a, "step_size_down"_a, "mode"_a,
+        "gamma"_a, "base_momentum"_a, "max_momentum"_a);
+    m.def(
+        "one_cycle",
+        [](double initial_lr, double max_lr, double min_lr, std::vector<double> phase_ends,
+           const std::string& anneal_strategy, double base_momentum, double max_momentum,
+           bool extrapolate, std::optional<double> final_momentum) {
+            if (phase_ends.size() != 2 && phase_ends.size() != 3) {
+                throw py::value_error("phase_ends must have 2 (or 3, three-phase) entries");
+            }
+            const bool three = phase_ends.size() == 3;
+            return leaf(K::OneCycle,
+                        {initial_lr, max_lr, min_lr, phase_ends[0],
+                         three ? phase_ends[1] : std::nan(""), phase_ends.back() + 1.0,
+                         three ? 1.0 : 0.0,
+                         mode_code(kAnnealStrategies, anneal_strategy, "anneal strategy"),
+                         base_momentum, max_momentum, extrapolate ? 1.0 : 0.0,
+                         final_momentum.value_or(max_momentum)});
+        },
+        py::kw_only(), "initial_lr"_a, "max_lr"_a, "min_lr"_a, "phase_ends"_a,
+        "anneal_strategy"_a, "base_momentum"_a, "max_momentum"_a, "extrapolate"_a,
+        "final_momentum"_a = py::none(),
+        "torch's OneCycleLR: phase_ends are the last step of each phase (torch's end_step); "
+        "extrapolate evaluates the last phase past its end as torch does, else the value holds; "
+        "the momentum ends at final_momentum (default max_momentum).");
+    m.def(
+        "inverse_sqrt",
+        [](double peak_value, double warmup_steps, double timescale) {
+            return leaf(K::InverseSqrt, {peak_value, warmup_steps, timescale});
+        },
+        py::kw_only(), "peak_value"_a, "warmup_steps"_a, "timescale"_a);
+    m.def(
+        "warmup_stable_decay",
+        [](double peak_value, double warmup_steps, double stable_steps, double decay_steps,
+           const std::string& decay_shape, double init_value, double min_ratio) {
+            return leaf(K::WarmupStableDecay,
+                        {peak_value, warmup_steps, stable_steps, decay_steps,
+                         mode_code(kDecayShapes, decay_shape, "decay shape"), init_value,
+                         min_ratio});
+        },
+        py::kw_only(), "peak_value"_a, "warmup_steps"_a, "stable_steps"_a, "decay_steps"_a,
+        "decay_shape"_a, "init_value"_a, "min_ratio"_a);
+    m.def(
+        "warmup_cosine",
+        [](double peak_value, double warmup_steps, double total_steps, double init_value,
+           double min_ratio) {
+            return leaf(K::WarmupCosine,
+                        {peak_value, warmup_steps, total_steps, init_value, min_ratio});
+        },
+        py::kw_only(), "peak_value"_a, "warmup_steps"_a, "total_steps"_a, "init_value"_a,
+        "min_ratio"_a);
+    m.def(
+        "sequence",
+        [](std::vector<NodePtr> schedules, std::vector<double> milestones) {
+            return make_node(static_cast<int>(K::Sequence), {}, std::move(milestones),
+                             std::move(schedules));
+        },
+        py::kw_only(), "schedules"_a, "milestones"_a);
+    m.def(
+        "product",
+        [](std::vector<NodePtr> schedules) {
+            return make_node(static_cast<int>(K::Product), {}, {}, std::move(schedules));
+        },
+        py::kw_only(), "schedules"_a);
+    m.def(
+        "warmup",
+        [](NodePtr schedule, double steps, const std::string& mode, double start_factor) {
+            return make_node(static_cast<int>(K::Warmup),
+                             {steps, mode_code(kWarmupModes, mode, "warmup mode"), start_factor},
+                             {}, {std::move(schedule)});
+        },
+        py::kw_only(), "schedule"_a, "steps"_a, "mode"_a, "start_factor"_a);
+    m.def(
+        "scale",
+        [](NodePtr schedule, double factor) {
+            return make_node(static_cast<int>(K::Scale), {factor}, {}, {std::move(schedule)});
+        },
+        py::kw_only(), "schedule"_a, "factor"_a);
 }
 
 py::array_t<double> fill_from_steps(const ScheduleNode& node, const StepArray& steps,
@@ -151,9 +316,9 @@ py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool mom
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pylr's C++ core: closed-form schedules and the thread pool (no torch inside).";
 
+    // Nodes are built only by the typed factories below: each kind's parameter order, and the
+    // names of its modes, exist in C++ alone.
     py::class_<ScheduleNode, NodePtr>(m, "ScheduleNode")
-        .def(py::init(&make_node), py::arg("kind"), py::arg("params"), py::arg("points"),
-             py::arg("children"))
         .def("value", &ScheduleNode::value, py::arg("t"))
         .def("momentum", &ScheduleNode::momentum, py::arg("t"))
         .def_property_readonly("has_momentum", &ScheduleNode::has_momentum)
@@ -182,6 +347,7 @@ PYBIND11_MODULE(_core, m) {
             py::arg("n"));
 
     m.attr("MAX_SCHEDULE_DEPTH") = pylr::kMaxScheduleDepth;
+    bind_schedule_factories(m);
     m.def(
         "warm_restart_position",
         [](double t_0, double t_mult, double t) {
@@ -298,13 +464,33 @@ PYBIND11_MODULE(_core, m) {
     m.attr("COL_SALT") = static_cast<int>(pylr::optim::kColSalt);
     bind_plan(m);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
+    // each group row's columns by name (csrc/optim/cpu.hpp is their single source)
+    {
+        using namespace pylr::optim;
+        py::dict adam, sgd;
+        adam["lr"] = int{kAdamLr};
+        adam["beta1"] = int{kAdamBeta1};
+        adam["beta2"] = int{kAdamBeta2};
+        adam["eps"] = int{kAdamEps};
+        adam["weight_decay"] = int{kAdamWeightDecay};
+        adam["amsgrad"] = int{kAdamAmsgrad};
+        adam["maximize"] = int{kAdamMaximize};
+        adam["decoupled"] = int{kAdamDecoupled};
+        adam["stochastic_rounding"] = int{kAdamStochastic};
+        adam["rounding_seed"] = int{kAdamSeed};
+        sgd["lr"] = int{kSgdLr};
+        sgd["momentum"] = int{kSgdMomentum};
+        sgd["dampening"] = int{kSgdDampening};
+        sgd["weight_decay"] = int{kSgdWeightDecay};
+        sgd["nesterov"] = int{kSgdNesterov};
+        sgd["maximize"] = int{kSgdMaximize};
+        sgd["stochastic_rounding"] = int{kSgdStochastic};
+        sgd["rounding_seed"] = int{kSgdSeed};
+        sgd["rounding_step"] = int{kSgdRoundingStep};
+        m.attr("ADAM_COLUMNS") = adam;
+        m.attr("SGD_COLUMNS") = sgd;
+    }
     m.attr("SGD_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kSgdGroupColumns);
-    m.attr("SGD_ROUNDING_STEP") = static_cast<int>(pylr::optim::kSgdRoundingStep);
-    // where a fused schedule writes its lr and momentum (Adam: beta1) in a group's row
-    m.attr("ADAM_LR") = static_cast<int>(pylr::optim::kAdamLr);
-    m.attr("ADAM_BETA1") = static_cast<int>(pylr::optim::kAdamBeta1);
-    m.attr("SGD_LR") = static_cast<int>(pylr::optim::kSgdLr);
-    m.attr("SGD_MOMENTUM") = static_cast<int>(pylr::optim::kSgdMomentum);
     m.def("prepare_threads", &pylr::prepare_threads, py::arg("elements"),
           "Wake idle pool threads ahead of a step over `elements` elements, if it is large "
           "enough to be worth it (returns at once).");

@@ -52,19 +52,20 @@ def adam_group_row(
     *,
     beta_names: tuple[str, str] = ("betas[0]", "betas[1]"),
 ) -> list[float]:
-    """One checked row of Adam scalars, in csrc/optim/cpu.hpp's AdamGroupColumn order."""
-    return [
-        _check.hyper("lr", lr),
-        _check.hyper(beta_names[0], betas[0], high=1.0),
-        _check.hyper(beta_names[1], betas[1], high=1.0),
-        _check.hyper("eps", eps),
-        _check.hyper("weight_decay", weight_decay),
-        float(bool(amsgrad)),
-        float(bool(maximize)),
-        float(bool(decoupled)),
-        float(bool(stochastic_rounding)),
-        float(_check.seed("rounding_seed", rounding_seed)),
-    ]
+    """One checked row of Adam scalars, each at its column (``_core.ADAM_COLUMNS``)."""
+    return _row(
+        _core.ADAM_COLUMNS,
+        lr=_check.hyper("lr", lr),
+        beta1=_check.hyper(beta_names[0], betas[0], high=1.0),
+        beta2=_check.hyper(beta_names[1], betas[1], high=1.0),
+        eps=_check.hyper("eps", eps),
+        weight_decay=_check.hyper("weight_decay", weight_decay),
+        amsgrad=float(bool(amsgrad)),
+        maximize=float(bool(maximize)),
+        decoupled=float(bool(decoupled)),
+        stochastic_rounding=float(bool(stochastic_rounding)),
+        rounding_seed=float(_check.seed("rounding_seed", rounding_seed)),
+    )
 
 
 def sgd_group_row(
@@ -78,20 +79,31 @@ def sgd_group_row(
     rounding_seed: int = 0,
     rounding_step: int = 0,
 ) -> list[float]:
-    """One checked row of SGD scalars, in csrc/optim/cpu.hpp's SgdGroupColumn order."""
+    """One checked row of SGD scalars, each at its column (``_core.SGD_COLUMNS``)."""
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    return [
-        _check.hyper("lr", lr),
-        _check.hyper("momentum", momentum),
-        _check.hyper("dampening", dampening, low=-math.inf),
-        _check.hyper("weight_decay", weight_decay),
-        float(bool(nesterov)),
-        float(bool(maximize)),
-        float(bool(stochastic_rounding)),
-        float(_check.seed("rounding_seed", rounding_seed)),
-        float(_check.seed("rounding_step", rounding_step % 2**32)),
-    ]
+    return _row(
+        _core.SGD_COLUMNS,
+        lr=_check.hyper("lr", lr),
+        momentum=_check.hyper("momentum", momentum),
+        dampening=_check.hyper("dampening", dampening, low=-math.inf),
+        weight_decay=_check.hyper("weight_decay", weight_decay),
+        nesterov=float(bool(nesterov)),
+        maximize=float(bool(maximize)),
+        stochastic_rounding=float(bool(stochastic_rounding)),
+        rounding_seed=float(_check.seed("rounding_seed", rounding_seed)),
+        rounding_step=float(_check.seed("rounding_step", rounding_step % 2**32)),
+    )
+
+
+def _row(columns: dict[str, int], **values: float) -> list[float]:
+    """A group row with each value at its column, every column filled."""
+    if values.keys() != columns.keys():
+        raise AssertionError(f"row columns {sorted(values)} != the core's {sorted(columns)}")
+    row = [0.0] * len(columns)
+    for name, value in values.items():
+        row[columns[name]] = value
+    return row
 
 
 def scalar_ptr(t: torch.Tensor | None, name: str) -> int:

@@ -58,7 +58,7 @@ from torch.optim import Optimizer
 from torch.optim import lr_scheduler as _torch
 
 from pylr import _core, _validate, schedules
-from pylr.schedules import Schedule, one_cycle_node
+from pylr.schedules import Schedule
 
 __all__ = [
     "ChainedScheduler",
@@ -1534,7 +1534,7 @@ class OneCycleLR(_ClosedForm):
     def _build_nodes(self, base_lrs: list[float]) -> list[Any]:
         ends = [float(p["end_step"]) for p in self._schedule_phases]
         return [
-            one_cycle_node(
+            _core.one_cycle(
                 initial_lr=float(g["initial_lr"]),
                 max_lr=float(g["max_lr"]),
                 min_lr=float(g["min_lr"]),

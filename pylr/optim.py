@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover
     _global_optimizer_pre_hooks = _global_optimizer_post_hooks = {}
 
 _threads_synced = False
+_SGD_ROUNDING_STEP = _core.SGD_COLUMNS["rounding_step"]
 # clip_grad_norm_'s norm_type -> the C++ norm kind (any other p: NORM_P)
 _NORM_KINDS = {
     2.0: _core.NORM_TWO,
@@ -714,7 +715,7 @@ class Adam(_FusedOptimizer):
     _group_columns = _core.ADAM_GROUP_COLUMNS
     _momentum_key = "betas"
     _momentum_placeholder = 0.0
-    _schedule_columns = (_core.ADAM_LR, _core.ADAM_BETA1)
+    _schedule_columns = (_core.ADAM_COLUMNS["lr"], _core.ADAM_COLUMNS["beta1"])
     _group_keys = (
         "lr",
         "betas",
@@ -967,7 +968,7 @@ class SGD(_FusedOptimizer):
     _group_columns = _core.SGD_GROUP_COLUMNS
     _momentum_key = "momentum"
     _momentum_placeholder = 0.5  # a Nesterov group's momentum must be > 0
-    _schedule_columns = (_core.SGD_LR, _core.SGD_MOMENTUM)
+    _schedule_columns = (_core.SGD_COLUMNS["lr"], _core.SGD_COLUMNS["momentum"])
     _group_keys = (
         "lr",
         "momentum",
@@ -1085,9 +1086,7 @@ class SGD(_FusedOptimizer):
         # bfloat16 buffers rounded stochastically: the group's step count feeds the random bits
         for gi, group in enumerate(self.param_groups):
             if group["state_dtype"] == torch.bfloat16:
-                plan.groups[gi, _core.SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (
-                    2**32
-                )
+                plan.groups[gi, _SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (2**32)
         return _core.sgd_step(
             plan.table.table,
             plan.groups,

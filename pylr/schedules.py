@@ -72,15 +72,12 @@ MAX_DEPTH: int = _core.MAX_SCHEDULE_DEPTH
 keeps that, ``repr``, pickling and ``to_dict``/``from_dict`` well inside Python's default
 recursion limit."""
 
-# Node kinds; must match ScheduleKind in csrc/schedule.hpp.
-_CONSTANT, _STEP, _MULTISTEP, _EXPONENTIAL, _LINEAR, _POLYNOMIAL, _COSINE = range(7)
-_WARM_RESTARTS, _CYCLIC, _ONE_CYCLE, _INVERSE_SQRT, _WSD, _WARMUP_COSINE = range(7, 13)
-_SEQUENCE, _PRODUCT, _WARMUP, _SCALE = range(13, 17)
-
-_CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
-_ANNEAL_STRATEGIES = ("cos", "linear")
-_DECAY_SHAPES = ("linear", "cosine", "1-sqrt")
-_WARMUP_MODES = ("linear", "constant", "exponential")
+# The names of each kind's modes, from the C++ core (each kind's node is built by its typed
+# factory there, e.g. _core.cosine(base_lr=..., T_max=..., eta_min=...)).
+_CYCLIC_MODES: tuple[str, ...] = _core.CYCLIC_MODES
+_ANNEAL_STRATEGIES: tuple[str, ...] = _core.ANNEAL_STRATEGIES
+_DECAY_SHAPES: tuple[str, ...] = _core.DECAY_SHAPES
+_WARMUP_MODES: tuple[str, ...] = _core.WARMUP_MODES
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,12 +309,6 @@ def _from_dict(d: Any, depth: int) -> Schedule:
     return cls(**kwargs)
 
 
-def _node(kind: int, params: Iterable[float], points: Iterable[float] = (), children=()) -> Any:
-    return _core.ScheduleNode(
-        kind, [float(p) for p in params], [float(p) for p in points], [c._node for c in children]
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Families
 
@@ -332,7 +323,7 @@ class Constant(Schedule):
         self._set(value=check.real("value", value))
 
     def _build(self) -> Any:
-        return _node(_CONSTANT, [self.value])
+        return _core.constant(value=self.value)
 
 
 class Step(Schedule):
@@ -349,7 +340,7 @@ class Step(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_STEP, [self.base_lr, self.step_size, self.gamma])
+        return _core.step(base_lr=self.base_lr, step_size=self.step_size, gamma=self.gamma)
 
 
 class MultiStep(Schedule):
@@ -369,7 +360,9 @@ class MultiStep(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_MULTISTEP, [self.base_lr, self.gamma], self.milestones)
+        return _core.multistep(
+            base_lr=self.base_lr, gamma=self.gamma, milestones=[float(m) for m in self.milestones]
+        )
 
 
 class Exponential(Schedule):
@@ -382,7 +375,7 @@ class Exponential(Schedule):
         self._set(gamma=check.real("gamma", gamma, gt=0.0), base_lr=check.real("base_lr", base_lr))
 
     def _build(self) -> Any:
-        return _node(_EXPONENTIAL, [self.base_lr, self.gamma])
+        return _core.exponential(base_lr=self.base_lr, gamma=self.gamma)
 
 
 class Linear(Schedule):
@@ -407,7 +400,12 @@ class Linear(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_LINEAR, [self.base_lr, self.start_factor, self.end_factor, self.total_iters])
+        return _core.linear(
+            base_lr=self.base_lr,
+            start_factor=self.start_factor,
+            end_factor=self.end_factor,
+            total_iters=self.total_iters,
+        )
 
 
 class Polynomial(Schedule):
@@ -425,7 +423,9 @@ class Polynomial(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_POLYNOMIAL, [self.base_lr, self.total_iters, self.power])
+        return _core.polynomial(
+            base_lr=self.base_lr, total_iters=self.total_iters, power=self.power
+        )
 
 
 class Cosine(Schedule):
@@ -443,7 +443,7 @@ class Cosine(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_COSINE, [self.base_lr, self.T_max, self.eta_min])
+        return _core.cosine(base_lr=self.base_lr, T_max=self.T_max, eta_min=self.eta_min)
 
 
 class CosineWarmRestarts(Schedule):
@@ -471,7 +471,9 @@ class CosineWarmRestarts(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_WARM_RESTARTS, [self.base_lr, self.T_0, self.T_mult, self.eta_min])
+        return _core.cosine_warm_restarts(
+            base_lr=self.base_lr, T_0=self.T_0, T_mult=self.T_mult, eta_min=self.eta_min
+        )
 
 
 class Cyclic(Schedule):
@@ -533,18 +535,15 @@ class Cyclic(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(
-            _CYCLIC,
-            [
-                self.base_lr,
-                self.max_lr,
-                self.step_size_up,
-                self.step_size_down,
-                _CYCLIC_MODES.index(self.mode),
-                self.gamma,
-                self.base_momentum,
-                self.max_momentum,
-            ],
+        return _core.cyclic(
+            base_lr=self.base_lr,
+            max_lr=self.max_lr,
+            step_size_up=self.step_size_up,
+            step_size_down=self.step_size_down,
+            mode=self.mode,
+            gamma=self.gamma,
+            base_momentum=self.base_momentum,
+            max_momentum=self.max_momentum,
         )
 
 
@@ -613,7 +612,7 @@ class OneCycle(Schedule):
 
     def _build(self) -> Any:
         initial_lr = self.max_lr / self.div_factor
-        return one_cycle_node(
+        return _core.one_cycle(
             initial_lr=initial_lr,
             max_lr=self.max_lr,
             min_lr=initial_lr / self.final_div_factor,
@@ -669,7 +668,7 @@ class FastaiOneCycle(Schedule):
         # torch's node with phase ends at fractions of total_steps: phase 0 ends at
         # pct_start * total_steps, the last at total_steps (so the node holds from there on)
         total = float(self.total_steps)
-        return one_cycle_node(
+        return _core.one_cycle(
             initial_lr=self.lr_max / self.div,
             max_lr=self.lr_max,
             min_lr=self.lr_max / self.div_final,
@@ -689,44 +688,6 @@ def one_cycle_phase_ends(total: int, pct: float, three_phase: bool) -> list[floa
         ends.append(float(2 * pct * total) - 2)
     ends.append(total - 1)
     return ends
-
-
-def one_cycle_node(
-    *,
-    initial_lr: float,
-    max_lr: float,
-    min_lr: float,
-    phase_ends: SequenceABC[float],
-    anneal_strategy: str,
-    base_momentum: float,
-    max_momentum: float,
-    extrapolate: bool,
-    final_momentum: float | None = None,
-) -> Any:
-    """The C++ one-cycle node from torch's own quantities (shared with ``OneCycleLR``).
-
-    ``extrapolate`` evaluates the last phase's formula past its end, as torch does at step
-    ``total_steps``; otherwise the value holds at the last step. The momentum ends at
-    ``final_momentum`` (torch: ``max_momentum``, the default).
-    """
-    three_phase = len(phase_ends) == 3
-    return _node(
-        _ONE_CYCLE,
-        [
-            initial_lr,
-            max_lr,
-            min_lr,
-            phase_ends[0],
-            phase_ends[1] if three_phase else math.nan,
-            phase_ends[-1] + 1,
-            float(three_phase),
-            _ANNEAL_STRATEGIES.index(anneal_strategy),
-            base_momentum,
-            max_momentum,
-            float(extrapolate),
-            max_momentum if final_momentum is None else final_momentum,
-        ],
-    )
 
 
 def _check_one_cycle_phases(total: int, pct: float, three_phase: bool) -> None:
@@ -768,7 +729,9 @@ class InverseSqrt(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(_INVERSE_SQRT, [self.peak_value, self.warmup_steps, self.timescale])
+        return _core.inverse_sqrt(
+            peak_value=self.peak_value, warmup_steps=self.warmup_steps, timescale=self.timescale
+        )
 
 
 class WarmupStableDecay(Schedule):
@@ -820,17 +783,14 @@ class WarmupStableDecay(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(
-            _WSD,
-            [
-                self.peak_value,
-                self.warmup_steps,
-                self.stable_steps,
-                self.decay_steps,
-                _DECAY_SHAPES.index(self.decay_shape),
-                self.init_value,
-                self.min_ratio,
-            ],
+        return _core.warmup_stable_decay(
+            peak_value=self.peak_value,
+            warmup_steps=self.warmup_steps,
+            stable_steps=self.stable_steps,
+            decay_steps=self.decay_steps,
+            decay_shape=self.decay_shape,
+            init_value=self.init_value,
+            min_ratio=self.min_ratio,
         )
 
 
@@ -869,9 +829,12 @@ class WarmupCosine(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(
-            _WARMUP_COSINE,
-            [self.peak_value, self.warmup_steps, self.total_steps, self.init_value, self.min_ratio],
+        return _core.warmup_cosine(
+            peak_value=self.peak_value,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            init_value=self.init_value,
+            min_ratio=self.min_ratio,
         )
 
 
@@ -899,7 +862,10 @@ class Sequence(Schedule):
         self._set(schedules=parts, milestones=marks)
 
     def _build(self) -> Any:
-        return _node(_SEQUENCE, [], self.milestones, self.schedules)
+        return _core.sequence(
+            schedules=[s._node for s in self.schedules],
+            milestones=[float(m) for m in self.milestones],
+        )
 
 
 class Chain(Schedule):
@@ -916,7 +882,7 @@ class Chain(Schedule):
         self._set(schedules=parts)
 
     def _build(self) -> Any:
-        return _node(_PRODUCT, [], (), self.schedules)
+        return _core.product(schedules=[s._node for s in self.schedules])
 
 
 class Warmup(Schedule):
@@ -947,11 +913,11 @@ class Warmup(Schedule):
         )
 
     def _build(self) -> Any:
-        return _node(
-            _WARMUP,
-            [self.steps, _WARMUP_MODES.index(self.mode), self.start_factor],
-            (),
-            [self.schedule],
+        return _core.warmup(
+            schedule=self.schedule._node,
+            steps=self.steps,
+            mode=self.mode,
+            start_factor=self.start_factor,
         )
 
 
@@ -967,7 +933,7 @@ class Scaled(Schedule):
         self._set(schedule=inner, factor=check.real("factor", factor))
 
     def _build(self) -> Any:
-        return _node(_SCALE, [self.factor], (), [self.schedule])
+        return _core.scale(schedule=self.schedule._node, factor=self.factor)
 
 
 def sequence(schedules: Iterable[Schedule], milestones: Iterable[int]) -> Sequence:

@@ -71,17 +71,50 @@ def test_version_flag():
 
 
 @pytest.mark.parametrize(
-    ("kind", "params", "points", "children", "match"),
+    ("build", "match"),
     [
-        (99, [], [], [], "unknown schedule kind"),
-        (6, [1.0], [], [], "takes 3 parameters"),
-        (13, [], [5.0], [], "child"),
-        (16, [2.0], [], [None], "None|incompatible"),
+        (lambda: _core.cosine(base_lr=1.0, T_max=5.0), "eta_min"),
+        (lambda: _core.sequence(schedules=[], milestones=[5.0]), "child"),
+        (lambda: _core.scale(schedule=None, factor=2.0), "None|incompatible"),
+        (lambda: _core.product(schedules=[]), "child"),
+        (
+            lambda: _core.one_cycle(
+                initial_lr=0.1,
+                max_lr=1.0,
+                min_lr=0.0,
+                phase_ends=[3.0],
+                anneal_strategy="cos",
+                base_momentum=0.85,
+                max_momentum=0.95,
+                extrapolate=False,
+            ),
+            "phase_ends",
+        ),
+        (
+            lambda: _core.warmup(
+                schedule=_core.constant(value=1.0), steps=2.0, mode="linear?", start_factor=0.0
+            ),
+            "unknown warmup mode 'linear\\?'",
+        ),
     ],
 )
-def test_node_constructor_guards_memory_safety(kind, params, points, children, match):
+def test_node_factories_guard_memory_safety(build, match):
+    """Nodes are built only by typed factories (each kind's parameters by name, in C++); what
+    would make a node unsafe to evaluate raises there, whatever Python passes."""
     with pytest.raises((ValueError, TypeError), match=match):
-        _core.ScheduleNode(kind, params, points, children)
+        build()
+
+
+def test_mode_names_come_from_the_core():
+    from pylr import schedules
+
+    assert (
+        schedules._CYCLIC_MODES == _core.CYCLIC_MODES == ("triangular", "triangular2", "exp_range")
+    )
+    assert _core.WARMUP_MODES == ("linear", "constant", "exponential")
+    # no node by kind number and positional parameters: those layouts live in C++ alone
+    with pytest.raises(TypeError):
+        _core.ScheduleNode(6, [1.0, 2.0, 0.0], [], [])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

@@ -183,19 +183,26 @@ def test_from_dict_at_the_max_depth():
     assert S.from_dict(d).depth == S.MAX_DEPTH
 
 
-def test_the_core_refuses_deep_trees_and_bad_formula_codes():
+def test_the_core_refuses_deep_trees_and_unknown_modes():
     node = S.Constant(1.0)._node
     for _ in range(S.MAX_DEPTH - 1):
-        node = _core.ScheduleNode(16, [1.0], [], [node])
+        node = _core.scale(schedule=node, factor=1.0)
     assert node.depth == _core.MAX_SCHEDULE_DEPTH
     with pytest.raises(ValueError, match="257 levels deep"):
-        _core.ScheduleNode(16, [1.0], [], [node])
-    good = [0.1, 1.0, 2.0, 2.0, 0.0, 1.0, 0.8, 0.9]
-    for code in (math.nan, -1.0, 3.0, 0.5, 1e300):
-        with pytest.raises(ValueError, match="integer code"):
-            _core.ScheduleNode(8, [*good[:4], code, *good[5:]], [], [])
-    with pytest.raises(ValueError, match="integer code"):
-        _core.ScheduleNode(15, [5.0, math.nan, 0.0], [], [S.Constant()._node])
+        _core.scale(schedule=node, factor=1.0)
+    cyclic = dict(
+        base_lr=0.1,
+        max_lr=1.0,
+        step_size_up=2.0,
+        step_size_down=2.0,
+        gamma=1.0,
+        base_momentum=0.8,
+        max_momentum=0.9,
+    )
+    for mode in ("", "Triangular", "exp-range"):
+        with pytest.raises(ValueError, match="unknown cyclic mode"):
+            _core.cyclic(mode=mode, **cyclic)
+    assert _core.cyclic(mode="triangular2", **cyclic).value(3.0) > 0.1
 
 
 # ------------------------------------------------------------------------------------------
