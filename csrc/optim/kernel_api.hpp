@@ -27,18 +27,29 @@ inline std::uint32_t mix32(std::uint32_t x) {
 // How optimizer state is stored and rounded: in the parameter's dtype (round to nearest even),
 // in float32, or in bfloat16 rounded to nearest even or stochastically.
 //
-// Stochastic rounding of element i adds the low 16 bits of a hash of (seed, tensor, step, i) to
-// the float32 bits before truncating them, so a value rounds up with probability proportional
-// to its distance from the lower bfloat16 neighbour: in expectation the update survives even
-// when it is below bfloat16's resolution (beta2 * v + (1 - beta2) * g^2 changes v by 0.1%, under
+// Stochastic rounding of element i adds 16 bits of a hash of (seed, tensor, step, i) to the
+// float32 bits before truncating them, so a value rounds up with probability proportional to
+// its distance from the lower bfloat16 neighbour: in expectation the update survives even when
+// it is below bfloat16's resolution (beta2 * v + (1 - beta2) * g^2 changes v by 0.1%, under
 // bfloat16's 2^-8). The hash depends on nothing else, so results do not depend on the thread
-// count or on where chunks begin.
+// count or on where chunks begin. One hash serves two states: Adam's exp_avg takes the low 16
+// bits of stream 0's hash, exp_avg_sq its high 16 bits; max_exp_avg_sq (AMSGrad) the low bits
+// of stream 2's; SGD's momentum buffer the low bits of stream 0's.
 struct StateRounding {
     DType dtype;              // the states' storage dtype
     bool stochastic;          // bfloat16 storage rounded stochastically
-    std::uint32_t stream[3];  // per state tensor: the hash of (seed, tensor, step)
+    std::uint32_t stream[3];  // the hash of (seed, tensor, step) for streams 0..2
     std::int64_t first;       // element index of the segment's first element in its tensor
 };
+
+// The 32 random bits of the segment's element i (index first + i in its tensor, modulo 2^32)
+// for stream `stream`.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline std::uint32_t element_bits(const StateRounding& r, int stream, std::uint32_t i) {
+    return mix32((static_cast<std::uint32_t>(r.first) + i) ^ r.stream[stream]);
+}
 
 struct AdamSegment {
     void* param;

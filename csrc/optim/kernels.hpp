@@ -133,15 +133,25 @@ inline void store_stochastic(BFloat16& dst, float v, std::uint32_t r) {
     dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : ((u + (r & 0xffffu)) >> 16));
 }
 
-// A state element back to storage: rounded stochastically (bfloat16 storage of StateRounding's
-// stochastic mode) or to nearest even.
+// A state element back to storage: rounded stochastically with the random bits r (bfloat16
+// storage of StateRounding's stochastic mode; only r's low 16 bits are used) or to nearest even.
 template <bool Stochastic, typename T, typename C>
-inline void store_state(T& dst, C v, const StateRounding& rounding, int stream, std::int64_t i) {
+inline void store_state(T& dst, C v, [[maybe_unused]] std::uint32_t r) {
     if constexpr (Stochastic) {
-        const auto k = static_cast<std::uint32_t>(rounding.first + i);
-        store_stochastic(dst, static_cast<float>(v), mix32(k ^ rounding.stream[stream]));
+        store_stochastic(dst, static_cast<float>(v), r);
     } else {
         store(dst, v);
+    }
+}
+
+// Element i's random bits for state stream `stream` of StateRounding (0 without stochastic
+// rounding, where nothing uses them).
+template <bool Stochastic>
+inline std::uint32_t rounding_bits(const StateRounding& rounding, int stream, std::int64_t i) {
+    if constexpr (Stochastic) {
+        return element_bits(rounding, stream, static_cast<std::uint32_t>(i));
+    } else {
+        return 0;
     }
 }
 
@@ -167,9 +177,11 @@ void adam_loop(const AdamSegment& seg) {
         C vmaxi = Amsgrad ? load(vmax[i]) : C(0);
         adam_update<C, Decoupled, HasWd, Amsgrad>(pi, load(g[i]), mi, vi, vmaxi, s);
         store(p[i], pi);
-        store_state<Stochastic>(m[i], mi, r, 0, i);
-        store_state<Stochastic>(v[i], vi, r, 1, i);
-        if (Amsgrad) store_state<Stochastic>(vmax[i], vmaxi, r, 2, i);
+        // one hash for both moments (see StateRounding)
+        const std::uint32_t bits = rounding_bits<Stochastic>(r, 0, i);
+        store_state<Stochastic>(m[i], mi, bits);
+        store_state<Stochastic>(v[i], vi, bits >> 16);
+        if (Amsgrad) store_state<Stochastic>(vmax[i], vmaxi, rounding_bits<Stochastic>(r, 2, i));
     }
 }
 
@@ -188,7 +200,7 @@ void sgd_loop(const SgdSegment& seg) {
         C bi = (HasMomentum && !First) ? load(buf[i]) : C(0);
         sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pi, load(g[i]), bi, s);
         store(p[i], pi);
-        if (HasMomentum) store_state<Stochastic>(buf[i], bi, seg.state, 0, i);
+        if (HasMomentum) store_state<Stochastic>(buf[i], bi, rounding_bits<Stochastic>(seg.state, 0, i));
     }
 }
 
