@@ -39,6 +39,22 @@ from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
+_GET_SCHEDULE = operator.itemgetter("schedule")
+# hyperparameter types that are their own value (no tensor to read)
+_PLAIN_TYPES = frozenset({float, int, bool, str, type(None), torch.dtype})
+
+
+def _plain(values: tuple[Any, ...]) -> bool:
+    """True when ``values`` (and the tuples among them) hold no tensor: then they compare as
+    the values scalar_value gives, without reading each one."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN_TYPES:
+        return True
+    return kinds - _PLAIN_TYPES == {tuple} and all(
+        set(map(type, v)) <= _PLAIN_TYPES for v in values if type(v) is tuple
+    )
+
+
 try:  # torch's registries of global hooks (private; absent in some versions)
     from torch.optim.optimizer import (
         _global_optimizer_post_hooks,
@@ -137,6 +153,7 @@ class _Plan:
         "schedule_set",
         "schedule_steps",
         "scheduled",
+        "scheduled_momentum",
         "schedules",
         "shards",
         "table",
@@ -168,6 +185,7 @@ class _Plan:
         self.schedule_set: Any = None
         self.schedule_steps = np.zeros(len(group_params), dtype=np.float64)
         self.scheduled: list[tuple[int, bool]] = []  # (group, has momentum)
+        self.scheduled_momentum: dict[int, bool] = {}  # the same, by group
         # the params whose state this plan created, until its first step is taken
         self.created: list[torch.Tensor] = []
         # DTensor params' local shards (autograd's version counters are bumped on both)
@@ -176,6 +194,7 @@ class _Plan:
     def set_schedules(self, schedules: tuple[Schedule | None, ...]) -> None:
         self.schedules = schedules
         self.scheduled = [(gi, s.has_momentum) for gi, s in enumerate(schedules) if s is not None]
+        self.scheduled_momentum = dict(self.scheduled)
         self.schedule_set = (
             _core.GroupSchedules([None if s is None else s._node for s in schedules])
             if self.scheduled
@@ -194,6 +213,15 @@ class _FusedOptimizer(Optimizer):
     # the group keys a step reads, in the order of the row builder's arguments
     _group_keys: ClassVar[tuple[str, ...]]
     _group_row: ClassVar[Callable[..., list[float]]]
+    # from _group_keys: a group's values in that order, and where the momentum key sits
+    _get_row: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
+    _momentum_at: ClassVar[int]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_group_keys" in cls.__dict__:
+            cls._get_row = operator.itemgetter(*cls._group_keys)
+            cls._momentum_at = cls._group_keys.index(cls._momentum_key)
 
     def __init__(self, params: Any, defaults: dict[str, Any], schedule: Any) -> None:
         if defaults.get("differentiable"):
@@ -675,24 +703,28 @@ class _FusedOptimizer(Optimizer):
         """Each group's checked row of scalars, rebuilt only when one of its values changed (a
         tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place;
         what a fused schedule sets is the schedule's to write, and not compared)."""
-        schedules = tuple(self._schedule_of(gi) for gi in range(len(self.param_groups)))
+        groups = self.param_groups
+        schedules = tuple(map(_GET_SCHEDULE, groups))
         if len(schedules) != len(plan.schedules) or any(
             map(operator.is_not, schedules, plan.schedules)
         ):
-            plan.set_schedules(schedules)
-        keys = self._group_keys
-        momentum_at = keys.index(self._momentum_key)
-        scheduled = dict(plan.scheduled)
-        for gi, group in enumerate(self.param_groups):
-            raw = [group[k] for k in keys]
-            if gi in scheduled:
+            plan.set_schedules(tuple(self._schedule_of(gi) for gi in range(len(groups))))
+        get_row = self._get_row
+        scheduled = plan.scheduled_momentum
+        for gi, group in enumerate(groups):
+            raw = get_row(group)
+            has_momentum = scheduled.get(gi)
+            if has_momentum is not None:
                 # placeholders the row's checks accept: the step writes (and checks) the
                 # schedule's values
+                raw = list(raw)
                 raw[0] = 0.0
-                if scheduled[gi]:
-                    m, fill = raw[momentum_at], self._momentum_placeholder
-                    raw[momentum_at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
-            values = tuple(map(scalar_value, raw))
+                if has_momentum:
+                    at = self._momentum_at
+                    m, fill = raw[at], self._momentum_placeholder
+                    raw[at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
+                raw = tuple(raw)
+            values = raw if _plain(raw) else tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(*raw)
                 plan.row_values[gi] = values
