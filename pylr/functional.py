@@ -140,12 +140,18 @@ def _labels(n: int) -> list[str]:
     return [f"params[{i}]" for i in range(n)]
 
 
-def _adam_table(columns: list[list[Any]]) -> PointerTable:
+def _adam_table(columns: list[list[Any]], amsgrad: bool) -> PointerTable:
     plan = _adam_cache.plan
     if plan is not None and plan.is_current(columns):
         return plan
     _adam_cache.plan = None
-    check_columns(_ADAM_COLUMNS, columns, _labels(len(columns[0])), steps=(False,) * 5 + (True,))
+    check_columns(
+        _ADAM_COLUMNS,
+        columns,
+        _labels(len(columns[0])),
+        steps=(False,) * 5 + (True,),
+        required=(True, True, True, True, amsgrad, True),
+    )
     plan = PointerTable(columns, [0] * len(columns[0]), _ADAM_PROOFS)
     _adam_cache.plan = plan
     return plan
@@ -210,7 +216,7 @@ def adam_(
         list(max_exp_avg_sqs) if amsgrad and max_exp_avg_sqs is not None else [None] * n,
         list(state_steps),
     ]
-    plan = _adam_table(columns)
+    plan = _adam_table(columns, amsgrad)
     ok = _core.STEP_TAKEN == _core.adam_step(
         plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
     )
@@ -320,7 +326,7 @@ def sgd_(
     plan = _sgd_cache.plan
     if any(fresh) or plan is None or not plan.is_current(columns):
         _sgd_cache.plan = None
-        check_columns(_SGD_COLUMNS, columns, _labels(n))
+        check_columns(_SGD_COLUMNS, columns, _labels(n), required=(True, True, False))
         for i, p in enumerate(params):
             if fresh[i]:
                 momentum_buffer_list[i] = torch.empty_like(p, memory_format=torch.preserve_format)
@@ -332,4 +338,11 @@ def sgd_(
     )
     if ok:
         torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
+    elif any(fresh):
+        # skipped (found_inf): the buffers made for this call were never filled; the caller's
+        # list gets its None entries back, and the table that points at them goes
+        _sgd_cache.plan = None
+        for i in range(n):
+            if fresh[i]:
+                momentum_buffer_list[i] = None
     return ok

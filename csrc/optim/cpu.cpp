@@ -261,7 +261,12 @@ int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noe
         seg.lr = g[kSgdLr];
         sgd(seg);
     });
-    for (std::int64_t i = 0; i < n_rows; ++i) table[i * kTableColumns + kColFirst] = 0;
+    // a buffer was filled where the row's momentum was not 0 on this step (a fused schedule's
+    // may be): those rows are past their first step
+    for (std::int64_t i = 0; i < n_rows; ++i) {
+        std::int64_t* r = table + i * kTableColumns;
+        if (groups[r[kColGroup] * kSgdGroupColumns + kSgdMomentum] != 0.0) r[kColFirst] = 0;
+    }
     return kStepTaken;
 }
 

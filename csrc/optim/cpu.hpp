@@ -65,7 +65,8 @@ constexpr int kBadSchedule = -1;
 // each grad is read times grad_coef and divided by *grad_scale.
 int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
 
-// One SGD step over all rows of `table`, the same contract. Clears kColFirst after the step.
+// One SGD step over all rows of `table`, the same contract. Clears kColFirst after the step
+// in the rows whose group momentum was not 0 (their buffers were filled).
 int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
 
 // The gradient norm over every row (torch.linalg.vector_norm of all grads concatenated, as
