@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 __all__ = ["NORM_TYPES", "accuracy", "evaluate", "norm_bias_params", "weight_decay_groups"]
@@ -345,8 +346,6 @@ class Ranks:
         self.size, self.rank = 1, 0
         self.device = torch.device("cpu")
         if dist.is_available() and dist.is_initialized():
-            from torch.nn.parallel import DistributedDataParallel
-
             if isinstance(model, DistributedDataParallel):
                 self.group = model.process_group
             self.size = dist.get_world_size(self.group)
@@ -357,8 +356,8 @@ class Ranks:
         self.main = self.rank == 0
 
     def _buffer(self, values: Sequence[float | Tensor]) -> Tensor:
-        """``values`` in one float64 tensor; a tensor on the reduce device is copied there
-        without a host sync."""
+        """``values`` in one float64 tensor on the reduce device; a tensor already on that
+        device is copied in without a host sync."""
         buf = torch.empty(len(values), dtype=torch.float64, device=self.device)
         for i, v in enumerate(values):
             if isinstance(v, Tensor):
@@ -634,8 +633,6 @@ def train_step(
     written before. A ``DistributedDataParallel`` model averages the grads over the ranks in the
     last batch's backward only (``no_sync`` before it): the same grads, one all_reduce per step.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     losses: list[Tensor] = []
     for k in range(accumulation_steps):
         inputs, target = split_batch(to_device(next(batches), device), "train_loader")

@@ -599,6 +599,21 @@ def fit(
 
     Ctrl-C stops the run after the current step: the history so far is returned with
     ``interrupted=True`` and the model is left in its original train/eval mode with no grads.
+
+    Under torch.distributed (``torchrun``; a ``DistributedDataParallel`` or FSDP2 model) every
+    rank of the model's process group (else the default group) calls ``fit``, and each rank's
+    loader yields the same number of batches (a ``DistributedSampler`` sees to it). Each epoch
+    starts with ``set_epoch(epoch - 1)`` on the loader's ``sampler``, ``batch_sampler`` or
+    ``batch_sampler.sampler`` where it has one (a ``DistributedSampler`` reshuffles by it; also
+    in one process). The history is the same on every rank: each step's loss is the mean over
+    the ranks of their losses (one float64 all_reduce per step, overlapping the next step), the
+    validation loss and metrics are over the union of the ranks' validation batches, weighted
+    by their sizes, ``time`` is the slowest rank's; callbacks such as :class:`EarlyStopping`
+    therefore decide alike everywhere. A stop on any rank — Ctrl-C, or StopTraining from a
+    callback — ends the run on every rank after the same step: the step after the one it came
+    in (two after, from ``on_step_end``, whose ``loss`` is the ranks' mean), or at the end of
+    the epoch if that comes first; a stop from the other hooks right after them. Bars, epoch
+    lines and messages come from rank 0 only (its bar shows its own running loss).
     """
     _loop.check_model(model)
     _loop.check_loader("train_loader", train_loader)
