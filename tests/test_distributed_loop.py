@@ -58,6 +58,9 @@ def _worker(rank: int, port: int, fn_name: str, tmp: str) -> None:
     try:
         record = globals()[fn_name](rank)
         torch.save(record, os.path.join(tmp, f"rank{rank}.pt"))
+        # every rank done before the group is destroyed: with torch 2.13's gloo a rank that
+        # destroys it while another still works can abort at exit (SIGABRT), pylr or not
+        dist.barrier()
     except BaseException:
         with open(os.path.join(tmp, f"error{rank}.txt"), "w") as f:
             f.write(traceback.format_exc())
@@ -188,21 +191,22 @@ def lr_find_record(result: pylr.LRFindResult) -> dict[str, Any]:
     }
 
 
-def fails_at(call: int, rank: int, how: str):
+class FailsAt:
     """A loss_fn that, on ``rank``, at its ``call``-th call, returns a NaN loss or sends this
-    process a real SIGINT (Ctrl-C)."""
-    calls = [0]
+    process a real SIGINT (Ctrl-C); ``calls`` counts its calls."""
 
-    def loss_fn(out, y):
-        calls[0] += 1
+    def __init__(self, call: int, rank: int, how: str) -> None:
+        self.call, self.rank, self.how = call, rank, how
+        self.calls = 0
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
         loss = CE(out, y)
-        if dist.get_rank() == rank and calls[0] == call:
-            if how == "nan":
+        if dist.get_rank() == self.rank and self.calls == self.call:
+            if self.how == "nan":
                 return loss * math.nan
             os.kill(os.getpid(), signal.SIGINT)
         return loss
-
-    return loss_fn
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,23 +239,27 @@ def lr_find_worker(rank: int) -> dict[str, Any]:
     out["accumulated"] = lr_find_record(found)
     found = pylr.lr_find(model, batches, CE, opt, val_loader=val_shards(rank), num_iter=5)
     out["validated"] = lr_find_record(found)
-    assert_bitwise(model, before) and not opt.state
+    assert_bitwise(model, before)
+    assert not opt.state
     # a NaN loss on rank 1 alone, mid-sweep: every rank stops at that step
-    found = pylr.lr_find(ddp(), batches, fails_at(9, 1, "nan"), **SWEEP)
+    found = pylr.lr_find(ddp(), batches, FailsAt(9, 1, "nan"), **SWEEP)
     out["nan_on_one_rank"] = lr_find_record(found)
     # ... and on its first batch: every rank refuses, naming rank 1, with nothing changed
     model = ddp()
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"first batch is nan, not a finite number \(on rank 1"):
-        pylr.lr_find(model, batches, fails_at(1, 1, "nan"), **SWEEP)
+        pylr.lr_find(model, batches, FailsAt(1, 1, "nan"), **SWEEP)
     assert_bitwise(model, before)
     # Ctrl-C on rank 1 alone: KeyboardInterrupt on every rank after that step, each restored
     model = ddp()
     before = snapshot(model)
     handler = signal.getsignal(signal.SIGINT)
+    interrupting = FailsAt(6, 1, "sigint")
     with captured(out, "ctrl_c_output"), pytest.raises(KeyboardInterrupt):
-        pylr.lr_find(model, batches, fails_at(6, 1, "sigint"), **SWEEP)
-    assert_bitwise(model, before) and signal.getsignal(signal.SIGINT) is handler
+        pylr.lr_find(model, batches, interrupting, **SWEEP)
+    assert_bitwise(model, before)
+    assert signal.getsignal(signal.SIGINT) is handler
+    out["ctrl_c_steps"] = interrupting.calls
     # FSDP2: DTensor params and state, restored shard by shard
     out["fsdp2"] = lr_find_fsdp2(batches)
     return out
@@ -364,6 +372,10 @@ def test_lr_find_output_only_on_rank_0(lr_find_runs):
     assert one["output"] == ""
     assert "pylr.lr_find: stopping every rank" not in zero["ctrl_c_output"]  # rank 1's Ctrl-C
     assert one["ctrl_c_output"] == ""
+
+
+def test_lr_find_ctrl_c_on_one_rank_stops_every_rank_after_that_step(lr_find_runs):
+    assert [run["ctrl_c_steps"] for run in lr_find_runs] == [6, 6]
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,7 +498,7 @@ def fit_worker(rank: int) -> dict[str, Any]:
         history = pylr.fit(
             model,
             train_loader(rank),
-            fails_at(CTRL_C_STEP + 1, 1, "sigint"),
+            FailsAt(CTRL_C_STEP + 1, 1, "sigint"),
             PO.AdamW(model.parameters()),
             epochs=3,
             progress="lines",
@@ -514,7 +526,7 @@ def fit_worker(rank: int) -> dict[str, Any]:
         pylr.fit(
             model,
             train_loader(rank),
-            fails_at(1, 1, "nan"),
+            FailsAt(1, 1, "nan"),
             PO.AdamW(model.parameters()),
             epochs=1,
             progress=False,
