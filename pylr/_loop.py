@@ -6,6 +6,7 @@ all_reduces that keep the ranks' decisions and records the same, output on rank 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -527,6 +528,34 @@ def accuracy(output: Tensor, target: Tensor) -> Tensor:
     return (output.argmax(dim=-1) == target).float().mean()
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` has DTensor params (FSDP2, tensor parallelism): its forward is a
+    collective (an all-gather of each sharded module's params), so every rank must run it."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def _in_step(loader: Iterable[Any], ranks: Ranks, name: str) -> Iterator[Any]:
+    """``loader``'s batches, each taken only once every rank has one too: for a sharded model,
+    whose forward the ranks must run the same number of times. A rank that runs out while
+    another has a batch left would wait forever in that rank's all-gather; instead every rank
+    raises the same ValueError (one small all_reduce a batch)."""
+    for index, batch in enumerate(itertools.chain(loader, [_END])):
+        have = ranks.sum([0.0 if batch is _END else 1.0])[0]
+        if have == 0:
+            return
+        if have < ranks.size:
+            raise ValueError(
+                f"{name}: under FSDP2 (DTensor params) every rank needs the same number of "
+                f"batches, as the model's forward is a collective; {ranks.size - int(have)} of "
+                f"{ranks.size} ranks had {index} and the others more (a DistributedSampler "
+                "gives every rank the same count)"
+            )
+        yield batch
+
+
+_END = object()
+
+
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
@@ -546,7 +575,10 @@ def _evaluate(
     try:
         totals = {"loss": 0.0, **dict.fromkeys(metrics, 0.0)}
         count = 0
-        for batch in loader:
+        batches: Iterable[Any] = loader
+        if ranks is not None and ranks.distributed and is_sharded(model):
+            batches = _in_step(loader, ranks, name)
+        for batch in batches:
             inputs, target = split_batch(to_device(batch, device), name)
             with amp.autocast():
                 output = model(*inputs)

@@ -13,10 +13,14 @@ import datetime
 import io
 import math
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,6 +152,14 @@ def val_shards(rank: int) -> list[tuple[torch.Tensor, ...]]:
     return [(x[i : min(i + 8, hi)], y[i : min(i + 8, hi)]) for i in range(lo, hi, 8)]
 
 
+def even_val_shards(rank: int) -> list[tuple[torch.Tensor, ...]]:
+    """The same 50 samples as ``val_shards``, 25 a rank: 4 batches on each (FSDP2's forward is a
+    collective, so every rank runs it as often)."""
+    x, y = dataset(50, seed=7).tensors
+    lo, hi = (0, 25) if rank == 0 else (25, 50)
+    return [(x[i : min(i + 8, hi)], y[i : min(i + 8, hi)]) for i in range(lo, hi, 8)]
+
+
 def full_val() -> list[tuple[torch.Tensor, ...]]:
     x, y = dataset(50, seed=7).tensors
     return [(x, y)]
@@ -265,16 +277,20 @@ def lr_find_worker(rank: int) -> dict[str, Any]:
     return out
 
 
-def lr_find_fsdp2(batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+def fsdp2(model: nn.Module) -> nn.Module:
+    """``model`` sharded by FSDP2 over all ranks: each Linear, then the whole."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    model = net()
     mesh = init_device_mesh("cpu", (WORLD,))
     for m in model:
         if isinstance(m, nn.Linear):
             fully_shard(m, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def lr_find_fsdp2(batches: list[tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+    model = fsdp2(net())
     before = snapshot(model)
     found = pylr.lr_find(model, batches, CE, **SWEEP)  # the default optimizer over DTensors
     assert_bitwise(model, before)
@@ -445,6 +461,24 @@ def fit_worker(rank: int) -> dict[str, Any]:
     out["state"] = {k: v.clone() for k, v in model.module.state_dict().items()}
     out["evaluate"] = pylr.evaluate(model, val_shards(rank), CE, [pylr.accuracy])
     out["evaluate_alone"] = pylr.evaluate(model, val_shards(rank), CE, all_ranks=False)
+    # the same run on an FSDP2 model (DTensor params, pylr's default AdamW over them)
+    model = fsdp2(net())
+    history = pylr.fit_one_cycle(
+        model,
+        train_loader(rank),
+        CE,
+        epochs=EPOCHS,
+        lr_max=1e-2,
+        val_loader=even_val_shards(rank),
+        metrics=[pylr.accuracy],
+        progress=False,
+    )
+    out["fsdp2_history"] = history.to_dict()
+    out["fsdp2_state"] = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
+    # uneven validation shards (4 batches and 3): every rank refuses instead of hanging
+    with pytest.raises(ValueError, match=r"1 of 2 ranks had 3 and the others more") as caught:
+        pylr.evaluate(model, val_shards(rank), CE)
+    out["fsdp2_uneven"] = str(caught.value)
     # a DistributedSampler inside a batch_sampler, and the bar: on rank 0 only
     loader = train_loader(rank, via_batch_sampler=True)
     model = ddp()
@@ -603,6 +637,21 @@ def test_fit_under_ddp_is_one_process_over_the_global_batches(fit_runs):
         torch.testing.assert_close(zero["state"][name], p, rtol=1e-5, atol=1e-6)
 
 
+def test_fit_under_fsdp2_is_fit_under_ddp(fit_runs):
+    zero, one = fit_runs
+    assert zero["fsdp2_history"] == one["fsdp2_history"]
+    assert zero["fsdp2_uneven"] == one["fsdp2_uneven"]
+    ours, ddp_run = zero["fsdp2_history"], zero["history"]
+    assert ours["lr"] == ddp_run["lr"] and ours["momentum"] == ddp_run["momentum"]
+    torch.testing.assert_close(ours["loss"], ddp_run["loss"], rtol=1e-5, atol=0)
+    for got, want in zip(ours["epochs"], ddp_run["epochs"], strict=True):
+        for key in ("train_loss", "val_loss", "accuracy"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key
+    for name, p in zero["state"].items():
+        torch.testing.assert_close(zero["fsdp2_state"][name], p, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(one["fsdp2_state"][name], p, rtol=1e-5, atol=1e-6)
+
+
 def test_evaluate_under_ddp_counts_every_sample_once(fit_runs):
     zero, one = fit_runs
     model = net()
@@ -652,3 +701,23 @@ def test_fit_output_only_on_rank_0(fit_runs):
     assert "epoch 2/2" in bar and ("it/s" in bar or "s/it" in bar)
     assert zero["ctrl_c_output"].startswith("epoch 1/3")  # rank 1's Ctrl-C: rank 1 is quiet
     assert one["output"] == one["bar_output"] == one["ctrl_c_output"] == ""
+
+
+def test_the_readme_torchrun_example_runs(tmp_path):
+    """The README's "Multiple processes and machines" script, under torchrun with 2 processes."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    script = re.search(r"```python\n(# train_ddp\.py: torchrun .*?)```", readme, re.S)
+    assert script, "the README lost its torchrun example"
+    (tmp_path / "train_ddp.py").write_text(script.group(1))
+    command = re.search(r"# train_ddp\.py: (torchrun [^\n]*)", script.group(1)).group(1).split()
+    runner = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
+    assert "--standalone" in runner  # a free port, not torchrun's fixed default
+    proc = subprocess.run(
+        runner, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert out.count("epoch 3/3") == 1 and out.count("valley ") == 1, out  # rank 0 only
+    valley = float(out.split("valley ")[1].split()[0])
+    val_loss = float(out.split("val_loss ")[-1].split()[0])
+    assert 1e-7 < valley < 10 and val_loss < 0.5, out
