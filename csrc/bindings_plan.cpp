@@ -593,6 +593,7 @@ class GradMark {
                 if (!read_int(get_attribute(api.version, grad.ptr()), &e.version)) {
                     throw py::error_already_set();
                 }
+                e.pointer = pointer_or_none(grad.ptr());
             }
             entries_.push_back(std::move(e));
         }
@@ -622,7 +623,7 @@ class GradMark {
             if (!read_int(get_attribute(api.version, marked.ptr()), &version)) {
                 throw py::error_already_set();
             }
-            if (version == e.version) ++same;
+            if (version == e.version && pointer_or_none(marked.ptr()) == e.pointer) ++same;
         }
         if (same_params && same == entries_.size()) return kSame;
         if (gone == entries_.size()) return kGone;
@@ -634,7 +635,17 @@ class GradMark {
         py::object param;  // weak references
         py::object grad;   // null where the param had no grad
         std::int64_t version = 0;
+        std::int64_t pointer = -1;  // its data pointer (.data = moves it without a new version)
     };
+
+    // data_ptr(), or -1 where the tensor has none to give (a DTensor grad, ...): then only
+    // identity and version tell.
+    static std::int64_t pointer_or_none(PyObject* t) {
+        std::int64_t ptr = 0;
+        if (read_pointer(t, &ptr)) return ptr;
+        PyErr_Clear();
+        return -1;
+    }
 
     static py::object weak(PyObject* obj) {
         PyObject* ref = PyWeakref_NewRef(obj, nullptr);

@@ -44,15 +44,30 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def check_loader(name: str, loader: Any) -> None:
-    """A loader must be iterable; one that reports ``len() == 0`` is rejected up front."""
+    """A loader must be iterable. (One that reports ``len() == 0`` is refused by
+    :func:`refuse_empty`, on every rank alike: the ranks' shards may differ.)"""
     if not isinstance(loader, Iterable):
         raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
-    try:
-        n = len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return
-    if n == 0:
-        raise ValueError(f"{name} is empty")
+
+
+def refuse_empty(ranks: Ranks | None, loaders: Sequence[tuple[str, Any]]) -> None:
+    """Raise ValueError on every rank of ``ranks`` (this process alone with None) when any
+    rank's loader reports ``len() == 0`` — agreed in one all_reduce, so that no rank is left
+    waiting in a collective for one that refused."""
+    distributed = ranks is not None and ranks.distributed
+    reason = None
+    for name, loader in loaders:
+        try:
+            n = len(loader)
+        except TypeError:
+            continue
+        if n == 0:
+            reason = f"{name} is empty" + (f" (on rank {ranks.rank})" if distributed else "")
+            break
+    if distributed:
+        reason = ranks.first(reason)
+    if reason is not None:
+        raise ValueError(reason)
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -630,6 +645,9 @@ def evaluate(
     named = normalize_metrics(metrics)
     amp_ = Amp(amp, dev)
     ranks = Ranks(model, dev) if all_ranks else None
+    if ranks is None or not ranks.distributed:
+        refuse_empty(None, [("loader", loader)])
+    # (under torch.distributed a rank's shard may be empty: only the union must not be)
     move_to(model, dev)
     return _evaluate(model, loader, loss_fn, named, dev, amp_, "loader", ranks)
 

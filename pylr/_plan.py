@@ -334,6 +334,8 @@ def scalar_value(value: Any) -> Any:
     edited in place) as the tuple of its values now."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else math.nan
+    if isinstance(value, np.ndarray):  # mutable too: its value now
+        return value.item() if value.size == 1 else math.nan
     if type(value) is tuple or type(value) is list:
         return tuple(map(scalar_value, value))
     return value

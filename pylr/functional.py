@@ -79,9 +79,9 @@ def sgd_group_row(
     rounding_seed: int = 0,
     rounding_step: int = 0,
 ) -> list[float]:
-    """One checked row of SGD scalars, each at its column (``_core.SGD_COLUMNS``)."""
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+    """One checked row of SGD scalars, each at its column (``_core.SGD_COLUMNS``). As in
+    torch's step, Nesterov with a momentum of 0 is plain SGD, and with a dampening it uses the
+    dampened buffer (torch refuses both at construction only)."""
     return _row(
         _core.SGD_COLUMNS,
         lr=_check.hyper("lr", lr),
@@ -295,6 +295,8 @@ def sgd_(
     ``rounding_step`` at each step: SGD keeps no step count). Returns False when AMP's
     ``found_inf`` is set (nothing modified).
     """
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     groups = np.array(
         [
             sgd_group_row(

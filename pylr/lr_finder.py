@@ -546,6 +546,11 @@ def lr_find(
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
     ranks = _loop.Ranks(model, dev)
+    # a rank's validation shard may be empty (the union is what counts), its training one not
+    loaders = [("train_loader", train_loader)]
+    if val_loader is not None and not ranks.distributed:
+        loaders.append(("val_loader", val_loader))
+    _loop.refuse_empty(ranks, loaders)
     show = progress == "bar" or (progress is True and _loop.interactive())
     bar = _loop.Progress("bar" if show else False, num_iter, show=ranks.main)
     _loop.move_to(model, dev)  # everything checked: the one lasting change lr_find makes

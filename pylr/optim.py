@@ -513,11 +513,12 @@ class _FusedOptimizer(Optimizer):
         ``min(1, max_norm / (total_norm + 1e-6))`` as it reads it, saving the pass that rewrites
         them — so code that reads the grads between this call and ``step()`` sees them
         unclipped. The coefficient belongs to the grads it was computed for: ``step()`` (taken
-        or skipped) and ``zero_grad()`` drop it, and so does replacing every grad (e.g.
-        ``model.zero_grad()`` and a new backward); a grad changed in place in between (an
-        accumulating backward, a ``mul_``) makes the next ``step()`` or clip raise, since no
-        coefficient then reproduces torch's clipping. A second call before the step clips
-        further, as torch's repeated clipping does. Call it after
+        or skipped) and ``zero_grad()`` drop it; a grad changed in between — in place (an
+        accumulating backward, a ``mul_``), moved (``.data =``) or replaced (``p.grad = ...``,
+        ``model.zero_grad()`` and a new backward) — makes the next ``step()`` raise, since pylr
+        cannot tell whether the grads then carry torch's clipping; a new ``clip_grad_norm_``
+        over grads that were all replaced starts afresh. A second call over the same grads
+        clips further, as torch's repeated clipping does. Call it after
         ``GradScaler.unscale_(optimizer)`` as with torch. ``foreach`` is accepted for torch's
         signature.
 
@@ -545,7 +546,7 @@ class _FusedOptimizer(Optimizer):
         plan = self._current_plan()
         if plan is None:
             return torch.tensor(0.0)
-        pending = self._pending_clip(plan)
+        pending = self._pending_clip(plan, clipping=True)
         if plan.shards:
             # DTensor grads (FSDP2, tensor parallelism): torch's norm, which reduces across the
             # shards as their placements say
@@ -596,25 +597,28 @@ class _FusedOptimizer(Optimizer):
         # a coefficient of 1 changes nothing, whatever happens to the grads before the step
         self._clip = None if coef == 1.0 else (coef, _core.GradMark(plan.params))
 
-    def _pending_clip(self, plan: _Plan) -> float:
-        """The pending clip_grad_norm_ coefficient for ``plan``'s grads: 1 when none is pending
-        or the grads it was computed for are gone (replaced or set to None, as by
-        ``model.zero_grad()``: torch's clipping went with them). Raises when they were changed
-        in place, or only some replaced, since then no coefficient reproduces torch's clip."""
+    def _pending_clip(self, plan: _Plan, *, clipping: bool = False) -> float:
+        """The pending clip_grad_norm_ coefficient for ``plan``'s grads (1 when none is
+        pending). Raises when the grads it was computed for changed since — in place, moved
+        (``.data =``), or replaced — since pylr cannot tell whether new grads derive from the
+        clipped ones (``p.grad = p.grad + noise`` carries torch's clipping, a new backward does
+        not): no coefficient then reproduces torch's result. Only a new ``clip_grad_norm_``
+        (``clipping``) over grads that all were replaced starts afresh: it clips them as they
+        are, as torch's does (``model.zero_grad()``, a new backward, then the clip)."""
         if self._clip is None:
             return 1.0
         coef, mark = self._clip
         seen = mark.compare(plan.params)
         if seen == _core.GradMark.SAME:
             return coef
-        if seen == _core.GradMark.GONE:
+        if seen == _core.GradMark.GONE and clipping:
             self._clip = None
             return 1.0
         raise RuntimeError(
-            "the grads changed after clip_grad_norm_ (in place, or only some of them were "
-            "replaced): pylr folds the clipping into step(), so it cannot clip the grads as "
-            "they are now. Clip after the last change to the grads, or call "
-            "optimizer.zero_grad() (which drops the pending clip) before accumulating new ones"
+            "the grads changed after clip_grad_norm_ (in place, moved by .data =, or replaced): "
+            "pylr folds the clipping into step() and cannot tell whether the grads as they are "
+            "now carry it. Clip right before step(), after the last change to the grads, or call "
+            "optimizer.zero_grad() (which drops the pending clip) before making new ones"
         )
 
     @staticmethod
@@ -735,11 +739,20 @@ class _FusedOptimizer(Optimizer):
         return _shard_of(label, t, p) if _is_dtensor(p) else t
 
     def _labels(self, params: list[torch.Tensor]) -> list[str]:
-        where = {}
+        """Each of ``params`` (the params with grads, in group order) as
+        ``param_groups[i]['params'][j]``: a param listed twice gets each place in turn."""
+        where: dict[int, list[str]] = {}
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
-                where.setdefault(id(p), f"param_groups[{gi}]['params'][{pi}]")
-        return [where[id(p)] for p in params]
+                where.setdefault(id(p), []).append(f"param_groups[{gi}]['params'][{pi}]")
+        seen: dict[int, int] = {}
+        labels = []
+        for p in params:
+            places = where[id(p)]
+            k = seen.get(id(p), 0)
+            seen[id(p)] = k + 1
+            labels.append(places[min(k, len(places) - 1)])
+        return labels
 
     def _existing_state(self, p: torch.Tensor, label: str) -> dict[str, Any] | None:
         """``self.state[p]`` if it holds anything (without creating an entry), else None."""
@@ -834,6 +847,9 @@ class _FusedOptimizer(Optimizer):
             map(operator.is_not, schedules, plan.schedules)
         ):
             plan.set_schedules(tuple(self._schedule_of(gi) for gi in range(len(groups))))
+            # a row filled under a schedule holds placeholders (and the schedule's last
+            # values): compared with the values now, it could pass for current
+            plan.row_values = [None] * len(groups)
         get_row, get_seen = self._get_row, self._get_seen
         scheduled = plan.scheduled_momentum
         plan.seen = seen = []
@@ -850,7 +866,7 @@ class _FusedOptimizer(Optimizer):
                 if has_momentum:
                     at = self._momentum_at
                     m, fill = raw[at], self._momentum_placeholder
-                    raw[at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
+                    raw[at] = (fill, *m[1:]) if isinstance(m, (tuple, list)) else fill
                 raw = tuple(raw)
             values = raw if plain else tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:

@@ -636,6 +636,11 @@ def fit(
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
     ranks = _loop.Ranks(model, dev)
+    # a rank's validation shard may be empty (the union is what counts), its training one not
+    loaders = [("train_loader", train_loader)]
+    if val_loader is not None and not ranks.distributed:
+        loaders.append(("val_loader", val_loader))
+    _loop.refuse_empty(ranks, loaders)
     progress_ = _loop.Progress(progress, steps_per_epoch, show=ranks.main)
     samplers = _loop.epoch_samplers(train_loader)
     _loop.move_to(model, dev)
@@ -905,8 +910,9 @@ def fit_one_cycle(
     _loop.check_wd(wd, wd_bn_bias, optimizer)
     n_groups = 1 if optimizer is None else len(optimizer.param_groups)
     lrs = spread_lrs(lr_max, n_groups)
-    # every argument is checked (by the schedules) before anything changes
-    total = epochs * steps_per_epoch
+    # every argument is checked (by the schedules) before anything changes; an empty loader
+    # is refused by fit, on every rank alike
+    total = epochs * max(steps_per_epoch, 1)
     schedules: list[Schedule | None] = [
         FastaiOneCycle(lr, total, pct_start=pct_start, div=div, div_final=div_final, moms=moms)
         for lr in lrs

@@ -721,3 +721,29 @@ def test_the_readme_torchrun_example_runs(tmp_path):
     valley = float(out.split("valley ")[1].split()[0])
     val_loss = float(out.split("val_loss ")[-1].split()[0])
     assert 1e-7 < valley < 10 and val_loss < 0.5, out
+
+
+def empty_shard_worker(rank: int) -> dict[str, Any]:
+    """Rank 1's loaders are empty: fit and lr_find refuse on every rank (none is left waiting
+    in a collective); evaluate takes the union, which rank 0's shard fills."""
+    out: dict[str, Any] = {}
+    train = [] if rank == 1 else train_loader(rank)
+    for name, run in (
+        ("fit", lambda: pylr.fit(ddp(), train, CE, torch.optim.SGD(net().parameters()), epochs=1)),
+        ("lr_find", lambda: pylr.lr_find(ddp(), train, CE, num_iter=5, progress=False)),
+    ):
+        with pytest.raises(ValueError, match=r"train_loader is empty \(on rank 1\)") as caught:
+            run()
+        out[name] = str(caught.value)
+    shard = [] if rank == 1 else val_shards(0)
+    out["evaluate"] = pylr.evaluate(ddp(), shard, CE)
+    return out
+
+
+def test_an_empty_shard_is_refused_on_every_rank_or_joins_the_union():
+    zero, one = run_ranks("empty_shard_worker")
+    assert zero["fit"] == one["fit"] and zero["lr_find"] == one["lr_find"]
+    alone = pylr.evaluate(net(), val_shards(0), CE)
+    assert (
+        zero["evaluate"] == pytest.approx(alone, rel=1e-6) and one["evaluate"] == zero["evaluate"]
+    )

@@ -196,7 +196,10 @@ def test_a_step_saved_as_a_number_loads_as_torch_reads_it():
 # -- the lifetime of a clip_grad_norm_ coefficient -----------------------------------------------
 
 
-def test_clip_coefficient_goes_with_grads_replaced_by_model_zero_grad():
+def test_clip_then_grads_replaced_refuses_the_step_and_a_new_clip_starts_afresh():
+    """A skipped step (model.zero_grad(), a new backward): stepping the new grads with the old
+    clip pending is refused, since pylr cannot tell them from copies of the clipped grads
+    (which carry torch's clipping); clipping them again clips them as torch does."""
     ours, theirs = _pair()
     model = torch.nn.Module()
     model.ps = torch.nn.ParameterList(ours)
@@ -209,9 +212,43 @@ def test_clip_coefficient_goes_with_grads_replaced_by_model_zero_grad():
     for p in theirs:
         p.grad = None
     _set_grads(ours, theirs, 1)
+    before = [p.detach().clone() for p in ours]
+    with pytest.raises(RuntimeError, match="grads changed after clip_grad_norm_"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ours, before, strict=True))
+    opt.clip_grad_norm_(0.05)
+    torch.nn.utils.clip_grad_norm_(theirs, 0.05)
     opt.step()
     ref.step()
     _assert_same(ours, theirs, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: setattr(p, "grad", p.grad + 0.5),  # noise added to the clipped grad (DP)
+        lambda p: setattr(p, "grad", p.grad.clone()),
+        lambda p: setattr(p.grad, "data", torch.ones_like(p.grad)),  # no new version
+    ],
+    ids=["noise", "clone", "data-swap"],
+)
+def test_clip_then_grads_derived_or_moved_refuses_the_step(change):
+    ours, _ = _pair()
+    opt = PO.AdamW(ours, lr=0.1)
+    for p, g in zip(ours, _grads(ours, 0), strict=True):
+        p.grad = g
+    opt.clip_grad_norm_(0.01)
+    for p in ours:
+        change(p)
+    before = [p.detach().clone() for p in ours]
+    with pytest.raises(RuntimeError, match="grads changed after clip_grad_norm_"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(ours, before, strict=True))
+    assert not opt.state
+    opt.zero_grad()  # drops the clip
+    for p, g in zip(ours, _grads(ours, 1), strict=True):
+        p.grad = g
+    opt.step()
 
 
 def test_clip_then_grads_changed_in_place_refuses_the_step():
@@ -388,3 +425,88 @@ def test_set_num_threads_is_bounded():
         assert pylr.get_num_threads() == 3
     finally:
         pylr.set_num_threads(before)
+
+
+# -- found by a second hostile review ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", ["Adam", "SGD"])
+def test_a_schedule_removed_leaves_the_group_its_own_lr_even_the_placeholder_value(cls):
+    """Removing a fused schedule while setting lr to 0.0 (the value the scheduled row holds as
+    a placeholder) freezes the group, as torch's lr 0 does."""
+    cosine = schedules.Cosine(base_lr=0.1, T_max=100)
+    p = torch.nn.Parameter(torch.ones(3))
+    if cls == "Adam":
+        opt = PO.Adam([p], lr=1.0, schedule=cosine)
+    else:
+        opt = PO.SGD([p], lr=1.0, momentum=0.9, schedule=cosine)
+    for _ in range(3):
+        p.grad = torch.ones(3)
+        opt.step()
+    opt.param_groups[0]["schedule"] = None
+    opt.param_groups[0]["lr"] = 0.0
+    before = p.detach().clone()
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("cls", ["Adam", "SGD"])
+def test_a_numpy_lr_edited_in_place_is_read_at_each_step_as_torch(cls):
+    import numpy as np
+
+    ours, theirs = _pair()
+    lr_ours, lr_theirs = np.array(0.1), np.array(0.1)
+    opt = getattr(PO, cls)(ours, lr=lr_ours)
+    ref = getattr(torch.optim, cls)(theirs, lr=lr_theirs, foreach=False)
+    for i, value in enumerate((0.5, 0.01, 1.0, 0.2)):
+        _set_grads(ours, theirs, i)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, atol=1e-6)
+        lr_ours[...] = value
+        lr_theirs[...] = value
+
+
+def test_list_betas_on_a_group_with_a_momentum_schedule():
+    ours, theirs = _pair()
+    one_cycle = schedules.OneCycle(max_lr=0.01, total_steps=10)
+    opt = PO.Adam(ours, lr=1.0, schedule=[one_cycle])
+    ref = torch.optim.Adam(theirs, lr=0.01, foreach=False)
+    for i in range(4):
+        _set_grads(ours, theirs, i)
+        ref.param_groups[0]["lr"] = one_cycle(i)
+        ref.param_groups[0]["betas"] = (one_cycle.momentum(i), 0.99 if i else 0.999)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, atol=1e-7)
+        opt.param_groups[0]["betas"] = [0.5, 0.99]  # beta1 the schedule's, beta2 ours
+
+
+@pytest.mark.parametrize("edit", [{"momentum": 0.0}, {"dampening": 0.1}])
+def test_sgd_nesterov_group_edited_after_construction_steps_as_torch(edit):
+    ours, theirs = _pair()
+    opt = PO.SGD(ours, lr=0.1, momentum=0.9, nesterov=True)
+    ref = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, nesterov=True, foreach=False)
+    opt.param_groups[0].update(edit)
+    ref.param_groups[0].update(edit)
+    for i in range(3):
+        _set_grads(ours, theirs, i)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, atol=1e-7)
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        PO.SGD(ours, lr=0.1, momentum=0.0, nesterov=True)  # refused where torch refuses
+    with pytest.raises(ValueError, match="Nesterov momentum requires"):
+        F.sgd_(ours, [p.grad for p in ours], [None] * 3, lr=0.1, nesterov=True)
+
+
+def test_a_param_listed_twice_is_named_at_both_places():
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = PO.SGD([p, q], lr=0.1)
+    opt.param_groups[0]["params"].append(p)
+    p.grad, q.grad = torch.ones(3), torch.ones(3)
+    with pytest.raises(ValueError) as caught:
+        opt.step()
+    message = str(caught.value)
+    assert "param_groups[0]['params'][0]" in message and "['params'][2]" in message, message
