@@ -12,7 +12,7 @@
 // object dies, so an address is never mistaken for a new object at the same place.
 //
 // Tensors are read only through Python's C API and torch's public methods and properties
-// (data_ptr, nbytes, stride, is_contiguous, grad, dtype, is_cpu, _cdata), looked up once as
+// (data_ptr, nbytes, stride, is_contiguous, grad, dtype, get_device, _cdata), looked up once as
 // descriptors: no torch header is included. The proof holds no strong reference to any tensor,
 // so a grad, a state tensor or a parameter dropped by the user is freed at once.
 #include <Python.h>
@@ -55,7 +55,7 @@ struct TensorApi {
     PyObject* grad = nullptr;  // getset descriptors
     PyObject* nbytes = nullptr;
     PyObject* dtype = nullptr;
-    PyObject* is_cpu = nullptr;
+    PyObject* get_device = nullptr;
 };
 
 const TensorApi& tensor_api() {
@@ -73,7 +73,7 @@ const TensorApi& tensor_api() {
         a.grad = descriptor("grad");
         a.nbytes = descriptor("nbytes");
         a.dtype = descriptor("dtype");
-        a.is_cpu = descriptor("is_cpu");
+        a.get_device = descriptor("get_device");
         return a;
     }();
     return api;
@@ -188,6 +188,7 @@ class PlanProof {
         itemsize_.assign(static_cast<std::size_t>(n_rows_), 0);
         contiguous_.assign(static_cast<std::size_t>(n_rows_), false);
         dtypes_.assign(static_cast<std::size_t>(n_rows_), nullptr);
+        devices_.assign(static_cast<std::size_t>(n_rows_), -1);
         stride_start_.assign(static_cast<std::size_t>(n_rows_) + 1, 0);
         for (int c = 0; c < n_cols_; ++c) {
             py::list column = columns[c];
@@ -210,6 +211,9 @@ class PlanProof {
                     if (!s || !d) throw py::error_already_set();
                     for (py::handle v : py::tuple(s)) strides_.push_back(v.cast<std::int64_t>());
                     dtypes_[r] = d.ptr();  // dtypes are immortal singletons
+                    if (!read_int(call_method(api.get_device, t), &devices_[r])) {
+                        throw py::error_already_set();
+                    }
                     itemsize_[r] = p.attr("element_size")().cast<std::int64_t>();
                     contiguous_[r] = p.attr("is_contiguous")().cast<bool>();
                     if (!all_params.is_none()) {
@@ -449,7 +453,7 @@ class PlanProof {
     // A param: the same object, data pointer, size and order. A state tensor: the same object
     // and data pointer. A grad (often a new tensor each step, after zero_grad(set_to_none=True)):
     // the parameter's order, and where its data pointer moved, the parameter's size, dtype and
-    // device before the table takes the new pointer over. (A new grad object at the old address
+    // device (the CPU or the param's CUDA device) before the table takes the new pointer over. (A new grad object at the old address
     // has the parameter's size, dtype and device: torch checks them when a grad is assigned,
     // and the parameter's size is proved just before.)
     bool prove(std::int64_t r, int c, PyObject* t, std::int64_t* row) {
@@ -474,11 +478,9 @@ class PlanProof {
             if (dtype == nullptr) return false;
             const bool same_dtype = dtype == dtypes_[static_cast<std::size_t>(r)];
             Py_DECREF(dtype);
-            PyObject* cpu = get_attribute(api.is_cpu, t);
-            if (cpu == nullptr) return false;
-            const bool on_cpu = cpu == Py_True;
-            Py_DECREF(cpu);
-            if (!same_dtype || !on_cpu) return false;
+            std::int64_t device = 0;
+            if (!read_int(call_method(api.get_device, t), &device)) return false;
+            if (!same_dtype || device != devices_[static_cast<std::size_t>(r)]) return false;
             row[c] = ptr;
         }
         return true;
@@ -497,6 +499,7 @@ class PlanProof {
     std::vector<py::object> held_;    // and the references that keep them alive meanwhile
     std::vector<Lines> lines_;        // n_rows x n_cols prefetch hints
     std::vector<PyObject*> dtypes_;   // each row's parameter dtype
+    std::vector<std::int64_t> devices_;  // and device (get_device(): -1 for the CPU)
     std::vector<std::int64_t> itemsize_;  // each row's element size in bytes
     std::vector<bool> contiguous_;    // each row's parameter is contiguous
     std::vector<bool> wrapped_;       // each row's tensors are DTensors' local shards
