@@ -1,6 +1,7 @@
-// The only file that knows pybind11: it unpacks Python arguments into plain data and calls the
-// core. Checks here only guard memory safety (a node's parameter count); every user-facing
-// validation and error message lives in pylr/ (Python).
+// The module's bindings (with bindings_plan.cpp, the plan proof's, the only files that know
+// pybind11): they unpack Python arguments into plain data and call the core. Checks here only
+// guard memory safety (a node's parameter count); every user-facing validation and error
+// message lives in pylr/ (Python).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -542,7 +543,8 @@ PYBIND11_MODULE(_core, m) {
     m.attr("WAKE_MIN_ELEMENTS") = static_cast<std::int64_t>(pylr::kWakeMinElements);
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");
-    m.def(
-        "set_num_threads", [](int n) { pylr::set_num_threads(n); }, py::arg("n"),
-        "Sets the pool's thread count (n >= 1).");
+    m.attr("MAX_THREADS") = pylr::kMaxThreads;
+    m.def("set_num_threads", &pylr::set_num_threads, py::arg("n"),
+          "Sets the pool's thread count (clamped to [1, MAX_THREADS]); returns the count it now "
+          "has, fewer where the system refused more threads.");
 }

@@ -194,10 +194,7 @@ void bind_cuda_host(py::module_& m) {
                 py::gil_scoped_release release;
                 cuda::emulate_sgd_step(in, limits, block_size);
             }
-            std::int64_t* t = table.mutable_data();
-            for (std::int64_t r = 0; r < table.shape(0); ++r) {
-                t[r * optim::kTableColumns + optim::kColFirst] = 0;
-            }
+            optim::clear_filled_first_steps(table.mutable_data(), table.shape(0), groups.data());
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::kw_only(),
         "lr_on_device"_a = py::none(), "grad_scale"_a = 0, "found_inf"_a = 0, "grad_coef"_a = 0,

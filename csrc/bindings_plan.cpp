@@ -12,17 +12,21 @@
 // object dies, so an address is never mistaken for a new object at the same place.
 //
 // Tensors are read only through Python's C API and torch's public methods and properties
-// (data_ptr, nbytes, stride, is_contiguous, grad, dtype, get_device, _cdata), looked up once as
-// descriptors: no torch header is included. The proof holds no strong reference to any tensor,
-// so a grad, a state tensor or a parameter dropped by the user is freed at once.
+// (data_ptr, nbytes, stride, is_contiguous, is_neg, grad, dtype, get_device, _version, _cdata),
+// looked up once as descriptors: no torch header is included. The proof holds no strong
+// reference to any tensor, so a grad, a state tensor or a parameter dropped by the user is
+// freed at once.
 #include <Python.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "optim/cpu.hpp"
@@ -56,6 +60,8 @@ struct TensorApi {
     PyObject* nbytes = nullptr;
     PyObject* dtype = nullptr;
     PyObject* get_device = nullptr;
+    PyObject* version = nullptr;  // _version: autograd's count of in-place changes
+    PyObject* is_neg = nullptr;
 };
 
 const TensorApi& tensor_api() {
@@ -74,6 +80,8 @@ const TensorApi& tensor_api() {
         a.nbytes = descriptor("nbytes");
         a.dtype = descriptor("dtype");
         a.get_device = descriptor("get_device");
+        a.version = descriptor("_version");
+        a.is_neg = descriptor("is_neg");
         return a;
     }();
     return api;
@@ -204,6 +212,7 @@ class PlanProof {
                 if (proofs_[c] == Proof::Grad) continue;  // grads are not tracked by identity
                 watch(t);
                 objects_[index(r, c)] = t;
+                note_written(t);
                 if (proofs_[c] == Proof::Param) {
                     py::handle p(t);
                     py::object s = py::reinterpret_steal<py::object>(call_method(api.stride, t));
@@ -240,6 +249,7 @@ class PlanProof {
                 row_of_all_.push_back(it == row_of_param_.end() ? -1 : it->second);
             }
         }
+        std::sort(written_.begin(), written_.end());
         for (std::int64_t r = 0; r < n_rows_; ++r) rows_with_state_ += row_has_state(r);
         if (!state.is_none() && PyDict_Check(state.ptr())) {
             // the state dict's order now: next time the same keys come in the same order
@@ -371,6 +381,26 @@ class PlanProof {
         watches_.push_back(py::reinterpret_steal<py::object>(ref));
     }
 
+    // The memory the step writes (params and states: proved unmoved before each step), as
+    // sorted disjoint [begin, end) spans — a rebuild refuses overlaps among them.
+    void note_written(PyObject* t) {
+        std::int64_t ptr = 0, bytes = 0;
+        if (!read_pointer(t, &ptr) || !read_int(get_attribute(tensor_api().nbytes, t), &bytes)) {
+            throw py::error_already_set();
+        }
+        if (bytes > 0) written_.emplace_back(ptr, ptr + bytes);
+    }
+
+    // Whether [begin, begin + bytes) shares memory with what the step writes.
+    bool overlaps_written(std::int64_t begin, std::int64_t bytes) const {
+        if (bytes <= 0) return false;
+        const std::int64_t end = begin + bytes;
+        // the last span starting before `end` is the only one that can reach past `begin`
+        auto it = std::lower_bound(written_.begin(), written_.end(),
+                                   std::make_pair(end, std::int64_t{0}));
+        return it != written_.begin() && std::prev(it)->second > begin;
+    }
+
     bool row_has_state(std::int64_t r) const {
         for (int c : state_cols_) {
             if (objects_[index(r, c)] != nullptr) return true;
@@ -453,9 +483,10 @@ class PlanProof {
     // A param: the same object, data pointer, size and order. A state tensor: the same object
     // and data pointer. A grad (often a new tensor each step, after zero_grad(set_to_none=True)):
     // the parameter's order, and where its data pointer moved, the parameter's size, dtype and
-    // device (the CPU or the param's CUDA device) before the table takes the new pointer over. (A new grad object at the old address
-    // has the parameter's size, dtype and device: torch checks them when a grad is assigned,
-    // and the parameter's size is proved just before.)
+    // device (the CPU or the param's CUDA device), no negative bit and no overlap with memory
+    // the step writes, before the table takes the new pointer over. (A new grad object at the
+    // old address has the parameter's size, dtype and device: torch checks them when a grad is
+    // assigned, and the parameter's size is proved just before.)
     bool prove(std::int64_t r, int c, PyObject* t, std::int64_t* row) {
         const Proof kind = proofs_[static_cast<std::size_t>(c)];
         if (kind == Proof::None) return t == nullptr || t == Py_None;
@@ -481,6 +512,14 @@ class PlanProof {
             std::int64_t device = 0;
             if (!read_int(call_method(api.get_device, t), &device)) return false;
             if (!same_dtype || device != devices_[static_cast<std::size_t>(r)]) return false;
+            PyObject* neg = call_method(api.is_neg, t);  // a negative view reads as -g
+            if (neg == nullptr) return false;
+            Py_DECREF(neg);
+            if (neg != Py_False) return false;
+            // a grad that is (part of) a param or a state would be read while it is written
+            if (overlaps_written(ptr, row[kColNumel] * itemsize_[static_cast<std::size_t>(r)])) {
+                return false;
+            }
             row[c] = ptr;
         }
         return true;
@@ -511,6 +550,80 @@ class PlanProof {
     // the state dict as it was: key and its row (or -1), by position
     std::vector<PyObject*> expected_keys_;
     std::vector<std::int64_t> expected_rows_;
+    std::vector<std::pair<std::int64_t, std::int64_t>> written_;  // see note_written
+};
+
+// The grads a pending clip_grad_norm_ coefficient was computed for: each param's grad object
+// (a weak reference: nothing is kept alive) and its version counter. The coefficient belongs to
+// exactly those grads as they were; `compare` tells whether they still are the grads.
+class GradMark {
+  public:
+    static constexpr int kSame = 0;     // every param has the marked grad, unmodified
+    static constexpr int kGone = 1;     // no param has its marked grad any more
+    static constexpr int kChanged = 2;  // anything else: modified in place, or some replaced
+
+    explicit GradMark(const py::list& params) {
+        const TensorApi& api = tensor_api();
+        for (const py::handle& p : params) {
+            py::object grad = py::reinterpret_steal<py::object>(get_attribute(api.grad, p.ptr()));
+            if (!grad) throw py::error_already_set();
+            Entry e;
+            e.param = weak(p.ptr());
+            if (!grad.is_none()) {
+                e.grad = weak(grad.ptr());
+                if (!read_int(get_attribute(api.version, grad.ptr()), &e.version)) {
+                    throw py::error_already_set();
+                }
+            }
+            entries_.push_back(std::move(e));
+        }
+    }
+
+    int compare(const py::list& params) const {
+        const TensorApi& api = tensor_api();
+        std::size_t same = 0, gone = 0;
+        const bool same_params = static_cast<std::size_t>(py::len(params)) == entries_.size();
+        std::size_t i = 0;
+        for (const Entry& e : entries_) {
+            const py::object p = e.param();  // None once dead
+            if (same_params && p.ptr() != params[i].ptr()) return kChanged;  // other params
+            ++i;
+            const py::object marked = e.grad ? e.grad() : py::none();
+            if (p.is_none() || marked.is_none()) {
+                ++gone;
+                continue;
+            }
+            py::object grad = py::reinterpret_steal<py::object>(get_attribute(api.grad, p.ptr()));
+            if (!grad) throw py::error_already_set();
+            if (!grad.is(marked)) {
+                ++gone;
+                continue;
+            }
+            std::int64_t version = 0;
+            if (!read_int(get_attribute(api.version, marked.ptr()), &version)) {
+                throw py::error_already_set();
+            }
+            if (version == e.version) ++same;
+        }
+        if (same_params && same == entries_.size()) return kSame;
+        if (gone == entries_.size()) return kGone;
+        return kChanged;
+    }
+
+  private:
+    struct Entry {
+        py::object param;  // weak references
+        py::object grad;   // null where the param had no grad
+        std::int64_t version = 0;
+    };
+
+    static py::object weak(PyObject* obj) {
+        PyObject* ref = PyWeakref_NewRef(obj, nullptr);
+        if (ref == nullptr) throw py::error_already_set();
+        return py::reinterpret_steal<py::object>(ref);
+    }
+
+    std::vector<Entry> entries_;
 };
 
 }  // namespace
@@ -535,4 +648,13 @@ void bind_plan(py::module_& m) {
         .def("verify_optimizer", &PlanProof::verify_optimizer, py::arg("table").noconvert(),
              py::arg("all_params"), py::arg("state"),
              "Whether the table is current for these params' grads and the optimizer state.");
+    py::class_<GradMark>(m, "GradMark",
+                         "The grads a clip_grad_norm_ coefficient belongs to (weakly held).")
+        .def(py::init<const py::list&>(), py::arg("params"))
+        .def("compare", &GradMark::compare, py::arg("params"),
+             "SAME: these params hold the marked grads unmodified; GONE: none does; CHANGED: "
+             "anything else.")
+        .def_property_readonly_static("SAME", [](py::object) { return GradMark::kSame; })
+        .def_property_readonly_static("GONE", [](py::object) { return GradMark::kGone; })
+        .def_property_readonly_static("CHANGED", [](py::object) { return GradMark::kChanged; });
 }

@@ -196,13 +196,16 @@ class ThreadPool {
 
     void start_workers(int n_threads) {
         stop_.store(false);
-        const int n_workers = std::max(1, n_threads) - 1;
-        workers_.reserve(static_cast<std::size_t>(n_workers));
+        const int n_workers = std::min(std::max(1, n_threads), kMaxThreads) - 1;
         const std::uint64_t current = generation_.load();
         for (int i = 0; i < n_workers; ++i) {
-            workers_.emplace_back([this, current] { worker_loop(current); });
+            try {
+                workers_.emplace_back([this, current] { worker_loop(current); });
+            } catch (...) {  // out of threads or memory: the pool runs on those it has
+                break;
+            }
         }
-        n_threads_.store(n_workers + 1, std::memory_order_relaxed);
+        n_threads_.store(static_cast<int>(workers_.size()) + 1, std::memory_order_relaxed);
     }
 
     void stop_workers() {
@@ -271,13 +274,15 @@ void prepare_threads(std::size_t elements) noexcept {
     if (elements >= kWakeMinElements) pool().prepare();
 }
 
-void set_num_threads(int n) noexcept {
+int set_num_threads(int n) noexcept {
+    n = std::min(std::max(1, n), kMaxThreads);
     ThreadPool& p = pool();
     {
         std::lock_guard<std::mutex> lock(g_pool_mutex);
-        g_requested_threads = std::max(1, n);
+        g_requested_threads = n;
     }
-    p.resize(std::max(1, n));
+    p.resize(n);
+    return p.size();
 }
 
 }  // namespace pylr

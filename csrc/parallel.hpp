@@ -34,7 +34,12 @@ std::uint64_t pool_wake_requests() noexcept;
 
 // The number of threads parallel_for uses, the caller included (>= 1).
 int get_num_threads() noexcept;
-// Changes it; n < 1 is treated as 1. Waits for a running parallel_for to finish first.
-void set_num_threads(int n) noexcept;
+// The most threads the pool runs.
+constexpr int kMaxThreads = 1024;
+
+// Changes it to n clamped to [1, kMaxThreads]; waits for a running parallel_for to finish
+// first. Returns the number the pool now has: fewer than asked where the system refused to
+// start more threads.
+int set_num_threads(int n) noexcept;
 
 }  // namespace pylr

@@ -87,8 +87,14 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads pylr's C++ pool uses (the calling thread included)."""
     from pylr import _core
 
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _core.MAX_THREADS:
+        raise ValueError(
+            f"set_num_threads: n must be an integer in [1, {_core.MAX_THREADS}], got {n!r}"
+        )
     global _threads_set_by_user
-    _core.set_num_threads(n)
+    got = _core.set_num_threads(n)
     _threads_set_by_user = True
+    if got < n:
+        raise RuntimeError(
+            f"set_num_threads: the system started only {got} of {n} threads; pylr uses {got}"
+        )

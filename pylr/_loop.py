@@ -1,9 +1,12 @@
 """What ``lr_find`` and ``fit`` share: batches and devices, autocast, loss checks, loaders,
-the training step, fastai's default optimizer, param-group writes and evaluation."""
+the training step, fastai's default optimizer, param-group writes and evaluation, and what they
+need under ``torch.distributed`` (the ranks of the model's process group, the few small
+all_reduces that keep the ranks' decisions and records the same, output on rank 0 only)."""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -13,7 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
 __all__ = ["NORM_TYPES", "accuracy", "evaluate", "norm_bias_params", "weight_decay_groups"]
@@ -176,13 +181,14 @@ def interactive() -> bool:
 
 class Progress:
     """``progress=True``: a tqdm bar (with the running loss and lr) in a terminal or notebook,
-    summary lines only elsewhere; ``"bar"``/``"lines"`` force either; ``False`` shows nothing."""
+    summary lines only elsewhere; ``"bar"``/``"lines"`` force either; ``False`` shows nothing.
+    ``show=False`` (every rank but rank 0 under torch.distributed) shows nothing either."""
 
-    def __init__(self, progress: Any, total: int | None) -> None:
+    def __init__(self, progress: Any, total: int | None, show: bool = True) -> None:
         if progress not in (True, False, "bar", "lines"):
             raise ValueError(f"progress must be True, False, 'bar' or 'lines', got {progress!r}")
         self.total = total
-        self.enabled = progress is not False
+        self.enabled = progress is not False and show
         mode = progress if isinstance(progress, str) else ("bar" if interactive() else "lines")
         self.tqdm: Any = None
         if self.enabled and mode == "bar":
@@ -245,8 +251,179 @@ def sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def check_first_loss(loss: Any, where: str) -> None:
-    """The loss of the first batch must be a finite scalar tensor that can be backpropagated."""
+class StopFlag:
+    """While the loop runs in the main thread, the first Ctrl-C only asks it to stop at its next
+    check (``requested``, ``reason = "Ctrl-C"``, ``message`` printed on stderr when ``announce``);
+    a second one raises KeyboardInterrupt at once. :meth:`request` asks the same from code (a
+    callback's StopTraining). The first reason given is kept."""
+
+    def __init__(self, message: str, announce: bool = True) -> None:
+        self.message = message
+        self.announce = announce
+        self.requested = False
+        self.reason: str | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+            except ValueError:  # pragma: no cover - e.g. signals unavailable
+                self._previous = None
+        return self
+
+    def request(self, reason: str) -> None:
+        if not self.requested:
+            self.requested, self.reason = True, reason
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.request("Ctrl-C")
+        if self.announce:
+            print(f"\n{self.message}", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes (torch.distributed)
+
+
+class Pending:
+    """An all_reduce in flight (or done); :meth:`result` waits for it once and returns its
+    values. On a CUDA device the result is copied to pinned host memory behind the collective,
+    so waiting for it later does not wait for the work queued after it."""
+
+    __slots__ = ("_buf", "_event", "_host", "_values", "_work")
+
+    def __init__(self, work: Any, buf: Tensor) -> None:
+        self._work, self._buf = work, buf
+        self._host: Tensor | None = None
+        self._event: Any = None
+        self._values: list[float] | None = None
+        if work is not None and buf.device.type == "cuda":
+            work.wait()  # with NCCL: the current stream waits for the collective, the host not
+            self._host = buf.to("cpu", non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def done(self) -> bool:
+        """Whether :meth:`result` would return without waiting."""
+        if self._values is not None or self._work is None:
+            return True
+        if self._event is not None:
+            return bool(self._event.query())
+        return bool(self._work.is_completed())
+
+    def result(self) -> list[float]:
+        if self._values is None:
+            if self._event is not None:
+                self._event.synchronize()
+                self._values = self._host.tolist()  # type: ignore[union-attr]
+            else:
+                if self._work is not None:
+                    self._work.wait()
+                self._values = self._buf.tolist()
+        return self._values
+
+
+class Ranks:
+    """The processes that run ``lr_find``/``fit``/``evaluate`` together. With torch.distributed
+    initialized: the model's process group (a ``DistributedDataParallel`` model's
+    ``process_group``), else the default group; otherwise this process alone (``size == 1``, and
+    nothing here communicates).
+
+    Every rank of the group makes the same calls in the same order: these small all_reduces are
+    the only communication pylr adds. Values are reduced in float64 on the CPU when the group's
+    backend is gloo, on the model's device otherwise (NCCL). An all_reduce hands every rank the
+    same bits — what DDP relies on to keep its replicas identical — so a decision taken from a
+    reduced value (stop the sweep, stop training, the best epoch) is the same on every rank."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.group: Any = None
+        self.size, self.rank = 1, 0
+        self.device = torch.device("cpu")
+        if dist.is_available() and dist.is_initialized():
+            if isinstance(model, DistributedDataParallel):
+                self.group = model.process_group
+            self.size = dist.get_world_size(self.group)
+            self.rank = dist.get_rank(self.group)
+            if device.type != "cpu" and str(dist.get_backend(self.group)) != "gloo":
+                self.device = device
+        self.distributed = self.size > 1
+        self.main = self.rank == 0
+
+    def _buffer(self, values: Sequence[float | Tensor]) -> Tensor:
+        """``values`` in one float64 tensor on the reduce device; a tensor already on that
+        device is copied in without a host sync."""
+        buf = torch.empty(len(values), dtype=torch.float64, device=self.device)
+        for i, v in enumerate(values):
+            if isinstance(v, Tensor):
+                buf[i].copy_(v.detach().reshape(()))
+            else:
+                buf[i].fill_(float(v))
+        return buf
+
+    def start_sum(self, values: Sequence[float | Tensor]) -> Pending:
+        """Begin adding up ``values`` over the ranks; the sums come from ``.result()``."""
+        buf = self._buffer(values)
+        if not self.distributed:
+            return Pending(None, buf)
+        return Pending(dist.all_reduce(buf, group=self.group, async_op=True), buf)
+
+    def sum(self, values: Sequence[float | Tensor]) -> list[float]:
+        """``values`` added up over the ranks (element-wise), the same on every rank."""
+        return self.start_sum(values).result()
+
+    def max(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        buf = self._buffer([value])
+        dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.group)
+        return float(buf.item())
+
+    def first(self, reason: str | None) -> str | None:
+        """The ``reason`` of the lowest rank that has one — the same string on every rank — or
+        None when no rank has one: an all_reduce (the lowest such rank), and a broadcast of its
+        string only when there is one."""
+        if not self.distributed:
+            return reason
+        buf = self._buffer([self.rank if reason is not None else self.size])
+        dist.all_reduce(buf, op=dist.ReduceOp.MIN, group=self.group)
+        src = int(buf.item())
+        if src >= self.size:
+            return None
+        box = [reason]
+        group_src = src if self.group is None else dist.get_global_rank(self.group, src)
+        device = self.device if self.device.type != "cpu" else None
+        dist.broadcast_object_list(box, src=group_src, group=self.group, device=device)
+        return box[0]
+
+
+def epoch_samplers(loader: Any) -> list[Any]:
+    """What reshuffles ``loader`` per epoch through ``set_epoch(epoch)``: its ``sampler`` (a
+    ``DistributedSampler``), its ``batch_sampler`` or the ``batch_sampler``'s ``sampler`` — each
+    object once."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    found: list[Any] = []
+    for obj in (
+        getattr(loader, "sampler", None),
+        batch_sampler,
+        getattr(batch_sampler, "sampler", None),
+    ):
+        if callable(getattr(obj, "set_epoch", None)) and all(obj is not f for f in found):
+            found.append(obj)
+    return found
+
+
+def check_first_loss(loss: Any, where: str, ranks: Ranks | None = None) -> None:
+    """The loss of the first batch must be a finite scalar tensor that can be backpropagated.
+    Under torch.distributed the ranks agree on the finiteness (a rank that stopped alone would
+    leave the others waiting in the backward's all_reduce): every rank raises, naming the first
+    rank whose loss is not finite."""
     if not isinstance(loss, Tensor):
         raise TypeError(f"loss_fn must return a tensor, got {type(loss).__name__} on {where}")
     if loss.numel() != 1:
@@ -259,8 +436,11 @@ def check_first_loss(loss: Any, where: str) -> None:
             "in the graph, or the loss was computed under torch.no_grad()"
         )
     value = float(loss.detach().float())
-    if not math.isfinite(value):
-        raise ValueError(f"the loss on {where} is {value}, not a finite number")
+    bad = None if math.isfinite(value) else f"the loss on {where} is {value}, not a finite number"
+    if ranks is not None and ranks.distributed:
+        bad = ranks.first(None if bad is None else f"{bad} (on rank {ranks.rank})")
+    if bad is not None:
+        raise ValueError(bad)
 
 
 class SmoothedLoss:
@@ -348,6 +528,34 @@ def accuracy(output: Tensor, target: Tensor) -> Tensor:
     return (output.argmax(dim=-1) == target).float().mean()
 
 
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` has DTensor params (FSDP2, tensor parallelism): its forward is a
+    collective (an all-gather of each sharded module's params), so every rank must run it."""
+    return any(type(p).__name__ == "DTensor" for p in model.parameters())
+
+
+def _in_step(loader: Iterable[Any], ranks: Ranks, name: str) -> Iterator[Any]:
+    """``loader``'s batches, each taken only once every rank has one too: for a sharded model,
+    whose forward the ranks must run the same number of times. A rank that runs out while
+    another has a batch left would wait forever in that rank's all-gather; instead every rank
+    raises the same ValueError (one small all_reduce a batch)."""
+    for index, batch in enumerate(itertools.chain(loader, [_END])):
+        have = ranks.sum([0.0 if batch is _END else 1.0])[0]
+        if have == 0:
+            return
+        if have < ranks.size:
+            raise ValueError(
+                f"{name}: under FSDP2 (DTensor params) every rank needs the same number of "
+                f"batches, as the model's forward is a collective; {ranks.size - int(have)} of "
+                f"{ranks.size} ranks had {index} and the others more (a DistributedSampler "
+                "gives every rank the same count)"
+            )
+        yield batch
+
+
+_END = object()
+
+
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
@@ -357,13 +565,20 @@ def _evaluate(
     device: torch.device,
     amp: Amp,
     name: str,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
+    """The sums of ``loss * batch size`` and ``metric * batch size`` and the sample count, over
+    ``loader`` — and with ``ranks`` over every rank's loader — then divided: the mean over all
+    the samples every rank saw, as one process would compute it over their union."""
     was_training = model.training
     model.eval()
     try:
         totals = {"loss": 0.0, **dict.fromkeys(metrics, 0.0)}
         count = 0
-        for batch in loader:
+        batches: Iterable[Any] = loader
+        if ranks is not None and ranks.distributed and is_sharded(model):
+            batches = _in_step(loader, ranks, name)
+        for batch in batches:
             inputs, target = split_batch(to_device(batch, device), name)
             with amp.autocast():
                 output = model(*inputs)
@@ -373,6 +588,9 @@ def _evaluate(
             totals["loss"] += float(loss) * n
             for key, fn in metrics.items():
                 totals[key] += float(fn(output, target)) * n
+        if ranks is not None and ranks.distributed:
+            *sums, total = ranks.sum([*totals.values(), count])
+            totals, count = dict(zip(totals, sums, strict=True)), int(total)
         if count == 0:
             raise ValueError(f"{name} is empty")
         return {k: v / count for k, v in totals.items()}
@@ -388,6 +606,7 @@ def evaluate(
     *,
     device: Any = None,
     amp: Any = None,
+    all_ranks: bool = True,
 ) -> dict[str, float]:
     """The mean loss and metrics of ``model`` over ``loader``, in eval mode without gradients.
 
@@ -395,15 +614,24 @@ def evaluate(
     ``loss_fn`` the result is the mean over all samples. Returns ``{"loss": ..., name: ...}``;
     ``metrics`` is a dict of name -> ``fn(output, target)`` or a list of functions (named by
     ``__name__``), e.g. ``[pylr.accuracy]``. The model's train/eval mode is restored.
+
+    Under torch.distributed (``all_ranks=True``) the sums and sample counts of every rank of the
+    model's process group are added up — every rank must call ``evaluate`` — so each rank gets
+    the mean over the union of the ranks' loaders (a shard each, say, through a
+    ``DistributedSampler``), as one process over all of them would. ``all_ranks=False``
+    evaluates this process's loader alone, e.g. on rank 0 only.
     """
     check_model(model)
     check_loader("loader", loader)
     check_callable("loss_fn", loss_fn)
+    if not isinstance(all_ranks, bool):
+        raise TypeError(f"all_ranks must be True or False, got {all_ranks!r}")
     dev = resolve_device(model, device)
     named = normalize_metrics(metrics)
     amp_ = Amp(amp, dev)
+    ranks = Ranks(model, dev) if all_ranks else None
     move_to(model, dev)
-    return _evaluate(model, loader, loss_fn, named, dev, amp_, "loader")
+    return _evaluate(model, loader, loss_fn, named, dev, amp_, "loader", ranks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,6 +649,7 @@ def train_step(
     accumulation_steps: int = 1,
     grad_clip: float | None = None,
     check_loss: bool = False,
+    ranks: Ranks | None = None,
 ) -> list[Tensor]:
     """One optimizer step over ``accumulation_steps`` batches taken from ``batches``; returns
     each batch's loss, detached.
@@ -432,16 +661,20 @@ def train_step(
     ``||g||_2 <= grad_clip`` (by a pylr optimizer's ``clip_grad_norm_``, folded into its step,
     or torch's ``clip_grad_norm_``); the optimizer steps (the scaler skips a step with inf/NaN
     grads) and the grads are set to None. ``check_loss`` checks the first batch's loss
-    (:func:`check_first_loss`). lr and momentum are the caller's business, written before.
+    (:func:`check_first_loss`, agreed over ``ranks``). lr and momentum are the caller's business,
+    written before. A ``DistributedDataParallel`` model averages the grads over the ranks in the
+    last batch's backward only (``no_sync`` before it): the same grads, one all_reduce per step.
     """
     losses: list[Tensor] = []
     for k in range(accumulation_steps):
         inputs, target = split_batch(to_device(next(batches), device), "train_loader")
-        with amp.autocast():
-            loss = loss_fn(model(*inputs), target)
-        if check_loss and k == 0:
-            check_first_loss(loss, "the first batch")
-        amp.backward(loss / accumulation_steps if accumulation_steps > 1 else loss)
+        deferred = isinstance(model, DistributedDataParallel) and k < accumulation_steps - 1
+        with model.no_sync() if deferred else contextlib.nullcontext():  # type: ignore[operator]
+            with amp.autocast():
+                loss = loss_fn(model(*inputs), target)
+            if check_loss and k == 0:
+                check_first_loss(loss, "the first batch", ranks)
+            amp.backward(loss / accumulation_steps if accumulation_steps > 1 else loss)
         losses.append(loss.detach())
     if grad_clip is not None:
         amp.unscale(optimizer)

@@ -209,13 +209,15 @@ def check_columns(
     columns: Sequence[Sequence[torch.Tensor | None]],
     labels: Sequence[str],
     steps: Sequence[bool] | None = None,
+    required: Sequence[bool] | None = None,
 ) -> None:
     """Validate every tensor of every column against its parameter (column 0), then that no
     memory is written twice in one step (or read where another tensor is written).
 
-    ``steps[c]`` marks a column of step counters. Every tensor must be on the first parameter's
-    device (one step runs on one device), and a CUDA device needs this build's CUDA kernels.
-    Raises before anything is modified.
+    ``steps[c]`` marks a column of step counters; ``required[c]`` a column whose entries may not
+    be None (elsewhere None means "no tensor here"). Every tensor must be on the first
+    parameter's device (one step runs on one device), and a CUDA device needs this build's CUDA
+    kernels. Raises before anything is modified.
     """
     params = columns[0]
     for col, tensors in enumerate(columns):
@@ -242,6 +244,8 @@ def check_columns(
         for col in range(1, len(columns)):
             t = columns[col][i]
             if t is None:
+                if required is not None and required[col]:
+                    raise TypeError(f"{names[col]}[{i}] is None; a tensor is needed")
                 continue
             label = f"{labels[i]}: {names[col]}"
             if steps is not None and steps[col]:

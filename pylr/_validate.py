@@ -142,10 +142,14 @@ def hyper(name: str, value: Any, *, low: float = 0.0, high: float | None = None)
         if value.numel() != 1:
             raise ValueError(f"Tensor {name} must be 1-element")
         value = value.item()
+    if isinstance(value, (str, bytes, bytearray)):  # float() would parse them
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    except OverflowError:
+        raise ValueError(f"Invalid {name} value: too large for a float (must be finite)") from None
     if not math.isfinite(v):
         raise ValueError(f"Invalid {name} value: {v} (must be finite)")
     if v < low or (high is not None and v >= high):

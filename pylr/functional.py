@@ -152,12 +152,18 @@ def _labels(n: int) -> list[str]:
     return [f"params[{i}]" for i in range(n)]
 
 
-def _adam_table(columns: list[list[Any]]) -> PointerTable:
+def _adam_table(columns: list[list[Any]], amsgrad: bool) -> PointerTable:
     plan = _adam_cache.plan
     if plan is not None and plan.is_current(columns):
         return plan
     _adam_cache.plan = None
-    check_columns(_ADAM_COLUMNS, columns, _labels(len(columns[0])), steps=(False,) * 5 + (True,))
+    check_columns(
+        _ADAM_COLUMNS,
+        columns,
+        _labels(len(columns[0])),
+        steps=(False,) * 5 + (True,),
+        required=(True, True, True, True, amsgrad, True),
+    )
     plan = PointerTable(columns, [0] * len(columns[0]), _ADAM_PROOFS)
     _adam_cache.plan = plan
     return plan
@@ -223,7 +229,7 @@ def adam_(
         list(max_exp_avg_sqs) if amsgrad and max_exp_avg_sqs is not None else [None] * n,
         list(state_steps),
     ]
-    plan = _adam_table(columns)
+    plan = _adam_table(columns, amsgrad)
     device, backend = plan.device, plan.backend
     gs = scalar_ptr(grad_scale, "grad_scale", device)
     fi = scalar_ptr(found_inf, "found_inf", device)
@@ -342,7 +348,7 @@ def sgd_(
     plan = _sgd_cache.plan
     if any(fresh) or plan is None or not plan.is_current(columns):
         _sgd_cache.plan = None
-        check_columns(_SGD_COLUMNS, columns, _labels(n))
+        check_columns(_SGD_COLUMNS, columns, _labels(n), required=(True, True, False))
         stepped_on_device = n > 0 and _plan.backend_for(params[0].device) is not None
         if any(fresh) and stepped_on_device and found_inf is not None:
             # a skipped first step must create no buffer: read found_inf (one host sync)
@@ -367,4 +373,11 @@ def sgd_(
         ok = True
     if ok:
         torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
+    elif any(fresh):
+        # skipped (found_inf): the buffers made for this call were never filled; the caller's
+        # list gets its None entries back, and the table that points at them goes
+        _sgd_cache.plan = None
+        for i in range(n):
+            if fresh[i]:
+                momentum_buffer_list[i] = None
     return ok

@@ -2,7 +2,9 @@
 
 ``lr_find`` trains for a few steps while the lr of every param group rises from ``start_lr`` to
 ``end_lr``, records the loss, and suggests an lr from the curve. The model and the optimizer are
-restored bit for bit afterwards — also when the sweep raises or is interrupted.
+restored bit for bit afterwards — also when the sweep raises or is interrupted. Under
+torch.distributed every rank sweeps: the recorded loss is the mean over the ranks, so every rank
+records, stops and suggests the same.
 """
 
 from __future__ import annotations
@@ -472,6 +474,15 @@ def lr_find(
     is interrupted (Ctrl-C), in which case the exception propagates after the restore. The copy
     is kept in memory, or in ``cache_dir`` on disk for large models.
 
+    Under torch.distributed (a ``DistributedDataParallel`` or FSDP2 model, launched by
+    ``torchrun``) every rank of the model's process group (else the default group) calls
+    ``lr_find``: each rank's recorded loss is all-reduced to the mean over the ranks (with
+    ``val_loader``: the validation loss over the union of the ranks' batches), so the smoothed
+    curve, the stop at divergence or at a non-finite loss on any rank, and the suggestions are
+    the same on every rank; each rank restores its own model and optimizer. A Ctrl-C on any rank
+    ends the sweep on all of them after the same step (KeyboardInterrupt on every rank, after
+    the restore). The bar shows on rank 0 only.
+
     Args:
         model: any ``nn.Module``; batches are ``(inputs..., target)`` and the loss is
             ``loss_fn(model(*inputs), target)``.
@@ -523,8 +534,6 @@ def lr_find(
         raise ValueError(f"suggest must be one of {list(SUGGESTIONS)}, got {suggest!r}")
     if progress not in (True, False, "bar"):
         raise ValueError(f"progress must be True, False or 'bar', got {progress!r}")
-    show = progress == "bar" or (progress is True and _loop.interactive())
-    bar = _loop.Progress("bar" if show else False, num_iter)
     _loop.check_wd(wd, wd_bn_bias, optimizer)
     n_groups = 1 if optimizer is None else len(optimizer.param_groups)
     starts = _per_group_lrs("start_lr", start_lr, n_groups)
@@ -536,6 +545,9 @@ def lr_find(
 
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
+    ranks = _loop.Ranks(model, dev)
+    show = progress == "bar" or (progress is True and _loop.interactive())
+    bar = _loop.Progress("bar" if show else False, num_iter, show=ranks.main)
     _loop.move_to(model, dev)  # everything checked: the one lasting change lr_find makes
     own_optimizer = optimizer is not None
     if optimizer is None:
@@ -551,20 +563,26 @@ def lr_find(
         if own_optimizer and wd is not None:
             _loop.set_weight_decay(optimizer, wd)
         bar.start("lr_find")
-        raw, smoothed, stopped = _sweep(
-            model,
-            train_loader,
-            loss_fn,
-            optimizer,
-            table[:, columns],
-            smooth,
-            diverge_th,
-            val_loader,
-            accumulation_steps,
-            dev,
-            amp_,
-            bar,
-        )
+        # under torch.distributed a Ctrl-C waits for the end of the step, where the ranks agree
+        message = "pylr.lr_find: stopping every rank after this step (Ctrl-C again to abort)"
+        stop = _loop.StopFlag(message, announce=ranks.main) if ranks.distributed else None
+        with stop if stop is not None else contextlib.nullcontext():
+            raw, smoothed, stopped = _sweep(
+                model,
+                train_loader,
+                loss_fn,
+                optimizer,
+                table[:, columns],
+                smooth,
+                diverge_th,
+                val_loader,
+                accumulation_steps,
+                dev,
+                amp_,
+                bar,
+                ranks,
+                stop,
+            )
     finally:
         bar.close()
         with _loop.sigint_deferred():  # a Ctrl-C now waits until the restore is complete
@@ -596,9 +614,12 @@ def _sweep(
     device: torch.device,
     amp: _loop.Amp,
     bar: _loop.Progress,
+    ranks: _loop.Ranks,
+    stop: _loop.StopFlag | None,
 ) -> tuple[list[float], list[float], bool]:
     """The training steps of the range test: the raw and smoothed losses, and whether it
-    stopped early at divergence."""
+    stopped early at divergence. Under torch.distributed (``stop`` given) each step's loss is
+    the ranks' mean, and a Ctrl-C on any rank ends the sweep on all after the same step."""
     groups = optimizer.param_groups
     for group in groups:
         if group.get("schedule") is not None:  # a pylr optimizer's fused schedule steps aside
@@ -621,12 +642,20 @@ def _sweep(
             device,
             accumulation_steps=accumulation_steps,
             check_loss=t == 0,
+            ranks=ranks,
         )
+        value = sum(float(loss) for loss in losses) / accumulation_steps
+        if stop is not None:
+            # every rank's loss, and whether a rank was interrupted, in one all_reduce
+            total, interrupted = ranks.sum([value, stop.requested])
+            if interrupted:
+                raise KeyboardInterrupt
+            value = total / ranks.size
         if val_loader is not None:
-            scores = _loop._evaluate(model, val_loader, loss_fn, {}, device, amp, "val_loader")
+            scores = _loop._evaluate(
+                model, val_loader, loss_fn, {}, device, amp, "val_loader", ranks
+            )
             value = scores["loss"]
-        else:
-            value = sum(float(loss) for loss in losses) / accumulation_steps
         raw.append(value)
         smoothed.append(ema.update(value))
         bar.update(smoothed[-1], lrs[-1])

@@ -1845,7 +1845,19 @@ class ChainedScheduler(_torch.ChainedScheduler):
         return c.state
 
 
-class LambdaLR(_torch.LambdaLR):
+class _CheckedLambdaState:
+    """The state-dict checks of torch's two schedulers built on user callables."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, once every value has passed the checks (see ``_check_lambda_state``)."""
+        _check_lambda_state(self, state_dict, "state_dict")
+        super().load_state_dict(dict(state_dict))
+
+    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
+        return _check_lambda_state(self, state_dict, prefix)
+
+
+class LambdaLR(_CheckedLambdaState, _torch.LambdaLR):
     """torch's LambdaLR (``lr = base_lr * lr_lambda(last_epoch)``); the user's callable runs in
     Python. Checks that every ``lr_lambda`` is callable."""
 
@@ -1862,16 +1874,8 @@ class LambdaLR(_torch.LambdaLR):
                 raise TypeError(f"lr_lambda should be a function, but got {type(fn).__name__}")
         super().__init__(optimizer, lr_lambda, last_epoch)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, once every value has passed the checks (see ``_check_lambda_state``)."""
-        _check_lambda_state(self, state_dict, "state_dict")
-        super().load_state_dict(dict(state_dict))
 
-    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
-        return _check_lambda_state(self, state_dict, prefix)
-
-
-class MultiplicativeLR(_torch.MultiplicativeLR):
+class MultiplicativeLR(_CheckedLambdaState, _torch.MultiplicativeLR):
     """torch's MultiplicativeLR (``lr *= lr_lambda(last_epoch)``, recursive by definition); the
     user's callable runs in Python."""
 
@@ -1883,14 +1887,6 @@ class MultiplicativeLR(_torch.MultiplicativeLR):
     ) -> None:
         _check_last_epoch(last_epoch)
         super().__init__(optimizer, lr_lambda, last_epoch)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's load, once every value has passed the checks (see ``_check_lambda_state``)."""
-        _check_lambda_state(self, state_dict, "state_dict")
-        super().load_state_dict(dict(state_dict))
-
-    def _checked_state(self, state_dict: Any, prefix: str = "state_dict") -> dict[str, Any]:
-        return _check_lambda_state(self, state_dict, prefix)
 
 
 def _check_lambda_state(scheduler: Any, state_dict: Any, prefix: str) -> dict[str, Any]:

@@ -47,6 +47,22 @@ from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
 
+_GET_SCHEDULE = operator.itemgetter("schedule")
+# hyperparameter types that are their own value (no tensor to read)
+_PLAIN_TYPES = frozenset({float, int, bool, str, type(None), torch.dtype})
+
+
+def _plain(values: tuple[Any, ...]) -> bool:
+    """True when ``values`` (and the tuples among them) hold no tensor: then they compare as
+    the values scalar_value gives, without reading each one."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN_TYPES:
+        return True
+    return kinds - _PLAIN_TYPES == {tuple} and all(
+        set(map(type, v)) <= _PLAIN_TYPES for v in values if type(v) is tuple
+    )
+
+
 try:  # torch's registries of global hooks (private; absent in some versions)
     from torch.optim.optimizer import (
         _global_optimizer_post_hooks,
@@ -78,6 +94,8 @@ def _sync_threads() -> None:
 
 # group keys of pylr's own (beyond torch's), and the values that mean "not used"
 _PYLR_GROUP_DEFAULTS = {"state_dtype": None, "rounding_seed": 0}
+# the group keys torch's optimizers do not have
+_PYLR_GROUP_KEYS = ("schedule", "schedule_step", "state_dtype", "rounding_seed", "rounding_step")
 
 
 def _dtensor_class() -> type | None:
@@ -123,7 +141,7 @@ def _check_state_options(state_dtype: Any, rounding_seed: Any) -> None:
     _check.seed("rounding_seed", rounding_seed)
 
 
-def _as_float(name: str, value: Any) -> float:
+def _as_float(value: Any) -> float:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
@@ -147,6 +165,7 @@ class _Plan:
         "schedule_set",
         "schedule_steps",
         "scheduled",
+        "scheduled_momentum",
         "schedules",
         "shards",
         "table",
@@ -168,8 +187,9 @@ class _Plan:
         self.flags = flags
         self.groups = np.zeros((len(group_params), group_columns), dtype=np.float64)
         self.row_values: list[tuple | None] = [None] * len(group_params)
-        # SGD: new momentum buffers, (param, buffer), to enter the state once a step filled them
-        self.fresh: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # SGD: new momentum buffers, (param, buffer, group), to enter the state once a step
+        # filled them
+        self.fresh: list[tuple[torch.Tensor, torch.Tensor, int]] = []
         # CUDA: per group the address of an lr tensor on the device read by the kernels, or 0
         self.lr_on_device = np.zeros(len(group_params), dtype=np.int64)
         # clip_grad_norm_: its scratch (one double per chunk; a device tensor on CUDA, with the
@@ -182,6 +202,7 @@ class _Plan:
         self.schedule_set: Any = None
         self.schedule_steps = np.zeros(len(group_params), dtype=np.float64)
         self.scheduled: list[tuple[int, bool]] = []  # (group, has momentum)
+        self.scheduled_momentum: dict[int, bool] = {}  # the same, by group
         # the params whose state this plan created, until its first step is taken
         self.created: list[torch.Tensor] = []
         # DTensor params' local shards (autograd's version counters are bumped on both)
@@ -190,6 +211,7 @@ class _Plan:
     def set_schedules(self, schedules: tuple[Schedule | None, ...]) -> None:
         self.schedules = schedules
         self.scheduled = [(gi, s.has_momentum) for gi, s in enumerate(schedules) if s is not None]
+        self.scheduled_momentum = dict(self.scheduled)
         self.schedule_set = (
             _core.GroupSchedules([None if s is None else s._node for s in schedules])
             if self.scheduled
@@ -208,6 +230,15 @@ class _FusedOptimizer(Optimizer):
     # the group keys a step reads, in the order of the row builder's arguments
     _group_keys: ClassVar[tuple[str, ...]]
     _group_row: ClassVar[Callable[..., list[float]]]
+    # from _group_keys: a group's values in that order, and where the momentum key sits
+    _get_row: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
+    _momentum_at: ClassVar[int]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_group_keys" in cls.__dict__:
+            cls._get_row = operator.itemgetter(*cls._group_keys)
+            cls._momentum_at = cls._group_keys.index(cls._momentum_key)
 
     def __init__(self, params: Any, defaults: dict[str, Any], schedule: Any) -> None:
         if defaults.get("differentiable"):
@@ -218,8 +249,9 @@ class _FusedOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._step_supports_amp_scaling = True
         self._plan: _Plan | None = None
-        # the pending clip_grad_norm_ coefficient, folded into the next step's grads
-        self._grad_coef = 1.0
+        # a pending clip_grad_norm_: its coefficient, folded into the next step's grads, and the
+        # grads it belongs to
+        self._clip: tuple[float, Any] | None = None
         self._attach_schedule(schedule)
         _sync_threads()
 
@@ -233,7 +265,7 @@ class _FusedOptimizer(Optimizer):
             return
         if isinstance(schedule, Schedule):
             for group in groups:
-                base = float(_as_float("lr", group["lr"]))
+                base = float(_as_float(group["lr"]))
                 group.setdefault("initial_lr", base)
                 group["schedule"] = base * schedule
         else:
@@ -291,22 +323,74 @@ class _FusedOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load, and then:
+
+        - pylr's own group settings (``schedule``, ``schedule_step``, ``state_dtype``,
+          ``rounding_seed``, ``rounding_step``) that the checkpoint does not carry — one saved
+          by torch's optimizers, or by pylr's with the default — keep this optimizer's values;
+        - state saved in a dtype the param may keep (float32 or bfloat16 beside half params)
+          is loaded in that dtype, not cast to the param's first as torch's load does (which
+          would flush a float16 ``exp_avg_sq`` to 0), then converted to ``state_dtype`` where
+          one is set;
+        - a step count saved as a number (torch before 1.12) becomes a float32 tensor.
+        """
+        saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        own = [{k: g[k] for k in _PYLR_GROUP_KEYS if k in g} for g in self.param_groups]
+        kept_state = self._state_kept_in_its_dtype(state_dict)
         super().load_state_dict(state_dict)
+        for group, mine, saved in zip(self.param_groups, own, saved_groups or (), strict=False):
+            for key, value in mine.items():
+                if isinstance(saved, dict) and key not in saved:
+                    group[key] = value
         for group in self.param_groups:
             s = group.get("schedule")
             group["schedule"] = from_dict(s) if isinstance(s, dict) else s
             group.setdefault("schedule_step", 0)
             self._init_group_defaults(group)
-        for state in self.state.values():
-            step = state.get("step")
-            if isinstance(step, torch.Tensor) and step.dtype != torch.float32:
-                state["step"] = step.to(torch.float32)
+        for p, key, value in kept_state:
+            self.state[p][key] = value.to(device=p.device)
         self._convert_loaded_state()
+
+    def _state_kept_in_its_dtype(self, state_dict: Any) -> list[tuple[torch.Tensor, str, Any]]:
+        """The saved state tensors whose dtype differs from their param's but is one the param
+        may keep (see STATE_DTYPES), found as torch's load pairs saved ids with params; empty
+        for anything torch's load will refuse."""
+        if not isinstance(state_dict, dict):
+            return []
+        saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(saved_groups, list) or not isinstance(saved_state, dict):
+            return []
+        if not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved_groups):
+            return []
+        ids = [i for g in saved_groups for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(ids) != len(params):
+            return []
+        kept = []
+        for pid, p in zip(ids, params, strict=True):
+            entry = saved_state.get(pid)
+            if not isinstance(entry, dict):
+                continue
+            for key, value in entry.items():
+                if (
+                    key != "step"
+                    and isinstance(value, torch.Tensor)
+                    and value.dtype != p.dtype
+                    and value.dtype in STATE_DTYPES.get(p.dtype, ())
+                ):
+                    kept.append((p, key, value))
+        return kept
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._plan = None
-        self._grad_coef = 1.0
+        self._clip = None
+        for st in self.state.values():
+            step = st.get("step") if isinstance(st, dict) else None
+            if isinstance(step, (int, float)) and not isinstance(step, bool):
+                st["step"] = torch.tensor(float(step), dtype=torch.float32)
+            elif isinstance(step, torch.Tensor) and step.dtype != torch.float32:
+                st["step"] = step.to(torch.float32)
         for group in self.param_groups:
             group.setdefault("schedule", None)
             group.setdefault("schedule_step", 0)
@@ -324,8 +408,9 @@ class _FusedOptimizer(Optimizer):
         if want not in STATE_DTYPES[p.dtype]:
             raise TypeError(
                 f"{label}: param_groups[{gi}]['state_dtype'] is {want}, which a {p.dtype} "
-                "parameter cannot use; float32 and bfloat16 params can keep bfloat16 state, "
-                "half params float32 state"
+                "parameter cannot use; float32 params can keep bfloat16 state, bfloat16 params "
+                "float32 state, float16 params float32 or bfloat16 state (float64 params keep "
+                "float64 state)"
             )
         return want
 
@@ -375,20 +460,27 @@ class _FusedOptimizer(Optimizer):
         _core.prepare_threads(0 if last is None or last.table.backend else last.table.numel)
         plan = self._current_plan()
         if plan is None:
-            self._grad_coef = 1.0
+            self._clip = None
             return loss
-        for gi, _ in plan.scheduled:
-            plan.schedule_steps[gi] = self._schedule_step(gi)
-        grad_scale = getattr(self, "grad_scale", None)
-        found_inf = getattr(self, "found_inf", None)
-        # a clip_grad_norm_ coefficient belongs to this step's grads, taken or skipped
-        coef, self._grad_coef = self._grad_coef, 1.0
-        if plan.table.backend is None:
-            status = self._run(
-                plan, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf"), coef
-            )
-        else:
-            status = self._run_on_device(plan, grad_scale, found_inf, coef)
+        on_device = plan.table.backend is not None
+        try:
+            for gi, _ in plan.scheduled:
+                plan.schedule_steps[gi] = self._schedule_step(gi)
+            grad_scale = getattr(self, "grad_scale", None)
+            found_inf = getattr(self, "found_inf", None)
+            if not on_device:
+                grad_scale = scalar_ptr(grad_scale, "grad_scale")
+                found_inf = scalar_ptr(found_inf, "found_inf")
+            # a clip_grad_norm_ coefficient belongs to this step's grads, taken or skipped
+            coef = self._pending_clip(plan)
+            if on_device:
+                status = self._run_on_device(plan, grad_scale, found_inf, coef)
+        except BaseException:
+            self._discard(plan)
+            raise
+        self._clip = None
+        if not on_device:
+            status = self._run(plan, grad_scale, found_inf, coef)
         if status == _core.STEP_TAKEN:
             # autograd's version counters guard tensors saved for backward: the params (the
             # optimizer's own state never enters a graph)
@@ -405,10 +497,7 @@ class _FusedOptimizer(Optimizer):
                     self._set_momentum(group, float(plan.groups[gi, momentum_col]))
                 group["schedule_step"] += 1
         elif status != _core.STEP_SKIPPED:
-            # nothing changed in C++; undo the state this step's plan created in Python
-            for p in plan.created:
-                self.state.pop(p, None)
-            self._plan = None
+            self._discard(plan)  # nothing changed in C++
             self._refuse_schedule(_core.BAD_SCHEDULE - status)
         plan.created = []
         return loss
@@ -463,6 +552,13 @@ class _FusedOptimizer(Optimizer):
     def _needs_found_inf(self, plan: _Plan) -> bool:
         return False
 
+    def _discard(self, plan: _Plan) -> None:
+        """A refused step: undo the state ``plan`` created in Python, and drop the plan."""
+        for p in plan.created:
+            self.state.pop(p, None)
+        plan.created = []
+        self._plan = None
+
     # -- gradient clipping, folded into the step ---------------------------------------------
 
     def clip_grad_norm_(
@@ -480,10 +576,14 @@ class _FusedOptimizer(Optimizer):
         order). The grads are *not* rewritten: the next ``step()`` multiplies every grad by
         ``min(1, max_norm / (total_norm + 1e-6))`` as it reads it, saving the pass that rewrites
         them — so code that reads the grads between this call and ``step()`` sees them
-        unclipped (and grads changed in between are scaled too). Call it after
-        ``GradScaler.unscale_(optimizer)`` as with torch. ``zero_grad()`` and ``step()`` (taken
-        or skipped) drop a pending coefficient; a second call before the step clips further,
-        as torch's repeated clipping does. ``foreach`` is accepted for torch's signature.
+        unclipped. The coefficient belongs to the grads it was computed for: ``step()`` (taken
+        or skipped) and ``zero_grad()`` drop it, and so does replacing every grad (e.g.
+        ``model.zero_grad()`` and a new backward); a grad changed in place in between (an
+        accumulating backward, a ``mul_``) makes the next ``step()`` or clip raise, since no
+        coefficient then reproduces torch's clipping. A second call before the step clips
+        further, as torch's repeated clipping does. Call it after
+        ``GradScaler.unscale_(optimizer)`` as with torch. ``foreach`` is accepted for torch's
+        signature.
 
         Args:
             max_norm: the largest total norm allowed (``inf``: compute the norm only).
@@ -509,7 +609,7 @@ class _FusedOptimizer(Optimizer):
         plan = self._current_plan()
         if plan is None:
             return torch.tensor(0.0)
-        pending = self._grad_coef
+        pending = self._pending_clip(plan)
         if plan.shards:
             # DTensor grads (FSDP2, tensor parallelism): torch's norm, which reduces across the
             # shards as their placements say
@@ -519,7 +619,8 @@ class _FusedOptimizer(Optimizer):
             if pending != 1.0:
                 total = total * pending
             full = total.full_tensor() if _is_dtensor(total) else total
-            self._grad_coef = pending * self._clip_coefficient(full, limit)
+            self._set_clip(plan, pending * self._clip_coefficient(full, limit))
+            self._keep_no_state(plan)
             return total
         if plan.table.backend is not None:
             return self._clip_on_device(plan, limit, p, error_if_nonfinite, pending)
@@ -547,7 +648,8 @@ class _FusedOptimizer(Optimizer):
                 "so it cannot be clipped. To disable this error and scale the gradients by the "
                 "non-finite norm anyway, set `error_if_nonfinite=False`"
             )
-        self._grad_coef = pending * self._clip_coefficient(total, limit)
+        self._set_clip(plan, pending * self._clip_coefficient(total, limit))
+        self._keep_no_state(plan)
         return total
 
     def _clip_on_device(
@@ -601,8 +703,44 @@ class _FusedOptimizer(Optimizer):
         # _clip_coefficient's arithmetic, on the device
         wide = torch.float64 if total.dtype == torch.float64 else torch.float32
         coef = torch.clamp(1.0 / (total.to(wide) + 1e-6) * limit, max=1.0)
-        self._grad_coef = coef.to(torch.float64) * pending
+        self._set_clip(plan, coef.to(torch.float64) * pending)
+        self._keep_no_state(plan)
         return total
+
+    def _keep_no_state(self, plan: _Plan) -> None:
+        # a plan built for clip_grad_norm_ alone may have created state: torch's clip creates
+        # none, so it goes until a step (which builds the plan again)
+        if plan.created:
+            self._discard(plan)
+
+    def _set_clip(self, plan: _Plan, coef: float | torch.Tensor) -> None:
+        # a coefficient of 1 changes nothing, whatever happens to the grads before the step (a
+        # CUDA coefficient stays on the device unread: comparing it would wait for it)
+        if not isinstance(coef, torch.Tensor) and coef == 1.0:
+            self._clip = None
+        else:
+            self._clip = (coef, _core.GradMark(plan.params))
+
+    def _pending_clip(self, plan: _Plan) -> float:
+        """The pending clip_grad_norm_ coefficient for ``plan``'s grads: 1 when none is pending
+        or the grads it was computed for are gone (replaced or set to None, as by
+        ``model.zero_grad()``: torch's clipping went with them). Raises when they were changed
+        in place, or only some replaced, since then no coefficient reproduces torch's clip."""
+        if self._clip is None:
+            return 1.0
+        coef, mark = self._clip
+        seen = mark.compare(plan.params)
+        if seen == _core.GradMark.SAME:
+            return coef
+        if seen == _core.GradMark.GONE:
+            self._clip = None
+            return 1.0
+        raise RuntimeError(
+            "the grads changed after clip_grad_norm_ (in place, or only some of them were "
+            "replaced): pylr folds the clipping into step(), so it cannot clip the grads as "
+            "they are now. Clip after the last change to the grads, or call "
+            "optimizer.zero_grad() (which drops the pending clip) before accumulating new ones"
+        )
 
     @staticmethod
     def _clip_coefficient(total: torch.Tensor, max_norm: float) -> float:
@@ -619,7 +757,7 @@ class _FusedOptimizer(Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; also drops a pending ``clip_grad_norm_`` coefficient."""
-        self._grad_coef = 1.0
+        self._clip = None
         super().zero_grad(set_to_none)
 
     # -- the plan contract -------------------------------------------------------------------
@@ -646,7 +784,11 @@ class _FusedOptimizer(Optimizer):
             plan = self._build_plan()
             if plan is None:
                 return None
-        self._fill_group_rows(plan)
+        try:
+            self._fill_group_rows(plan)
+        except BaseException:
+            self._discard(plan)
+            raise
         self._plan = plan
         return plan
 
@@ -799,31 +941,36 @@ class _FusedOptimizer(Optimizer):
         """Each group's checked row of scalars, rebuilt only when one of its values changed (a
         tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place;
         what a fused schedule sets is the schedule's to write, and not compared)."""
-        schedules = tuple(self._schedule_of(gi) for gi in range(len(self.param_groups)))
+        groups = self.param_groups
+        schedules = tuple(map(_GET_SCHEDULE, groups))
         if len(schedules) != len(plan.schedules) or any(
             map(operator.is_not, schedules, plan.schedules)
         ):
-            plan.set_schedules(schedules)
-        keys = self._group_keys
-        momentum_at = keys.index(self._momentum_key)
-        scheduled = dict(plan.scheduled)
-        on_device = plan.table.backend is not None
-        for gi, group in enumerate(self.param_groups):
-            raw = [group[k] for k in keys]
-            if gi in scheduled:
+            plan.set_schedules(tuple(self._schedule_of(gi) for gi in range(len(groups))))
+        get_row = self._get_row
+        scheduled = plan.scheduled_momentum
+        on_device, device = plan.table.backend is not None, plan.table.device
+        for gi, group in enumerate(groups):
+            raw = get_row(group)
+            has_momentum = scheduled.get(gi)
+            if has_momentum is not None:
                 # placeholders the row's checks accept: the step writes (and checks) the
                 # schedule's values
+                raw = list(raw)
                 raw[0] = 0.0
-                if scheduled[gi]:
-                    m, fill = raw[momentum_at], self._momentum_placeholder
-                    raw[momentum_at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
-            lr_address = 0
-            if on_device and gi not in scheduled:
-                lr_address = self._lr_on_device(gi, raw[0], plan.table.device)
-                if lr_address:
-                    raw[0] = 0.0  # the kernels read the tensor
-            plan.lr_on_device[gi] = lr_address
-            values = (*map(scalar_value, raw), lr_address)
+                if has_momentum:
+                    at = self._momentum_at
+                    m, fill = raw[at], self._momentum_placeholder
+                    raw[at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
+                raw = tuple(raw)
+            if on_device:
+                # an lr tensor on the device is read by the kernels at each step
+                scheduled_lr = has_momentum is not None
+                address = 0 if scheduled_lr else self._lr_on_device(gi, raw[0], device)
+                plan.lr_on_device[gi] = address
+                if address:
+                    raw = (0.0, *raw[1:])
+            values = raw if _plain(raw) else tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(*raw)
                 plan.row_values[gi] = values
@@ -920,7 +1067,16 @@ class Adam(_FusedOptimizer):
             ("betas[1]", betas[1]),
         ):
             _check.hyper(name, v)
-        betas = tuple(float(_as_float("betas", b)) for b in betas)
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], torch.Tensor) and isinstance(betas[1], torch.Tensor))
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i, b in enumerate(betas):
+            if isinstance(b, torch.Tensor) and b.numel() != 1:
+                raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        # as torch: a tensor beta is kept (a 0-d view of it), read by value at each step
+        betas = tuple(b.squeeze() if isinstance(b, torch.Tensor) and b.dim() else b for b in betas)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -1215,8 +1371,14 @@ class SGD(_FusedOptimizer):
         group.setdefault("maximize", False)
 
     def _plan_flags(self) -> tuple:
-        # a momentum switched on or off changes which rows have a buffer
-        return tuple(scalar_value(group["momentum"]) != 0 for group in self.param_groups)
+        # which groups' rows have a momentum buffer: those with a momentum, and those whose
+        # fused schedule sets one (it may pass through 0 and back, or start from a group's 0);
+        # a momentum switched on or off changes the table
+        return tuple(
+            scalar_value(group["momentum"]) != 0
+            or getattr(group.get("schedule"), "has_momentum", False) is True
+            for group in self.param_groups
+        )
 
     def _build_plan(self) -> _Plan | None:
         """Check everything, take the momentum buffers the state holds (a missing one starts
@@ -1244,7 +1406,7 @@ class SGD(_FusedOptimizer):
             if first[i]:
                 buf = torch.empty_like(p, dtype=new_dtypes[i], memory_format=torch.preserve_format)
                 buffers[i] = self._local_state("momentum_buffer", buf, p)
-                fresh.append((p, buf))
+                fresh.append((p, buf, rows[i]))
         plan = self._new_plan(
             params,
             columns,
@@ -1300,9 +1462,14 @@ class SGD(_FusedOptimizer):
         )
 
     def _after_step(self, plan: _Plan) -> None:
-        # new buffers enter the state only once a step has filled them
-        for p, buf in plan.fresh:
-            self.state[p]["momentum_buffer"] = buf
+        # new buffers enter the state once a step has filled them: one whose group's momentum
+        # was 0 on this step (a fused schedule's) was not touched, as torch's is not created
+        # (the table still points at an unfilled one, which the state lacks: the next step's
+        # proof fails and the plan is built again, with a fresh buffer)
+        momentum = plan.groups[:, _core.SGD_COLUMNS["momentum"]]
+        for p, buf, gi in plan.fresh:
+            if momentum[gi] != 0:
+                self.state[p]["momentum_buffer"] = buf
         plan.fresh = []
         for group in self.param_groups:
             if group["state_dtype"] == torch.bfloat16:

@@ -5,17 +5,20 @@ The loop is the lr (and momentum) of a :mod:`pylr.schedules` schedule, then one
 gradient clipping, the optimizer step and ``zero_grad``. With pylr's own optimizers
 the schedule is fused into the step (evaluated in C++ inside it); with any other optimizer the
 loop writes the schedule's values into the param groups before each step.
+
+Under torch.distributed (``torchrun``, a ``DistributedDataParallel`` or FSDP2 model) every rank
+runs ``fit``: a ``DistributedSampler`` gets ``set_epoch`` each epoch, the history holds the
+ranks' means (the same on every rank), the ranks stop after the same step, and only rank 0
+prints.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -181,9 +184,13 @@ class History:
         momentum: shape ``(steps, groups)``, the momentum (SGD) or beta1 (Adam) each step used;
             NaN for optimizers without one.
         momentum_name: ``"beta1"`` (Adam-like), ``"momentum"`` (SGD-like) or None.
-        loss: shape ``(steps,)``, the training loss of each step.
+        loss: shape ``(steps,)``, the training loss of each step — under torch.distributed the
+            mean over the ranks of each rank's loss (the loss whose gradient DDP's averaged
+            gradient is).
         epochs: one dict per finished epoch: ``epoch``, ``train_loss`` (mean of its steps),
-            ``val_loss`` and each metric (with a ``val_loader``), ``time`` (seconds).
+            ``val_loss`` and each metric (with a ``val_loader``; under torch.distributed over
+            the union of the ranks' validation batches, each sample counted once), ``time``
+            (seconds; the slowest rank's).
         steps_per_epoch: batches per epoch (None until the first epoch ends if the loader has
             no ``len``).
         interrupted: True when Ctrl-C (or :class:`StopTraining`) ended the run early.
@@ -197,7 +204,8 @@ class History:
         self.momentum_name = momentum_name
         self._lr: list[list[float]] = []
         self._momentum: list[list[float]] = []
-        self._loss: list[Tensor] = []
+        self._loss: list[Tensor] = []  # this process's losses not read yet
+        self._votes: list[_Vote] = []  # torch.distributed: the same steps' all-rank means
         self._loss_done: list[float] = []
         self.epochs: list[dict[str, float]] = []
         self.interrupted = False
@@ -226,8 +234,18 @@ class History:
             raise KeyError(f"{key!r} was not recorded; keys: {sorted(self.epochs[0])}")
         return np.asarray([e[key] for e in self.epochs], dtype=np.float64)
 
-    def _flush(self) -> None:
-        if self._loss:
+    def _flush(self, wait: bool = True) -> None:
+        """Read the losses recorded since the last flush: the ranks' means where fit runs under
+        torch.distributed — with ``wait=False`` (after an abort) this rank's own loss where the
+        all_reduce has not completed."""
+        if self._votes:  # one vote per loss of this process
+            self._loss_done.extend(
+                v.loss if wait or v.done() else float(mine)
+                for v, mine in zip(self._votes, self._loss, strict=True)
+            )
+            self._votes.clear()
+            self._loss.clear()
+        elif self._loss:
             self._loss_done.extend(torch.stack(self._loss).float().tolist())
             self._loss.clear()
 
@@ -342,34 +360,95 @@ _MOMENTUM_NAMES = {"betas": "beta1", "momentum": "momentum", None: None}
 
 
 # --------------------------------------------------------------------------------------------
-# Ctrl-C
+# Stopping: Ctrl-C, StopTraining, and under torch.distributed the ranks' agreement
 
 
-class _StopFlag:
-    """While fit runs in the main thread, the first Ctrl-C only asks the loop to stop after the
-    current step (a second one interrupts at once)."""
+class _Vote:
+    """One step under torch.distributed: an all_reduce of (this rank's loss, whether it asks to
+    stop) over the ranks, started after the step and read later."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+    __slots__ = ("_pending", "_size")
 
-    def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
+    def __init__(self, ranks: _loop.Ranks, loss: Tensor, stop: bool) -> None:
+        self._pending = ranks.start_sum([loss, 1.0 if stop else 0.0])
+        self._size = ranks.size
+
+    @property
+    def loss(self) -> float:
+        """The mean over the ranks of their losses."""
+        return self._pending.result()[0] / self._size
+
+    @property
+    def stop(self) -> bool:
+        """Whether any rank asked to stop by the time it cast its vote."""
+        return self._pending.result()[1] > 0
+
+    def done(self) -> bool:
+        return self._pending.done()
+
+
+class _Stops:
+    """Where ``fit`` stops. In one process a stop (Ctrl-C, a callback's StopTraining) takes
+    effect at the next check: after the step, or after the hooks that raised it.
+
+    Under torch.distributed every rank has to stop after the same step — a rank that went on
+    alone would wait in DDP's all_reduce for ever. After each step every rank casts a
+    :class:`_Vote` (its loss, its stop flag), one all_reduce that overlaps the next step: the
+    votes are counted after that step, and every vote left at an epoch's end is counted there,
+    so all ranks count the same votes at the same points. A stop asked for during step ``t``
+    ends the run after step ``t + 1``; one from ``on_step_end`` (which gets the step's mean loss)
+    after ``t + 2``; either at the epoch's end if that comes first. After ``on_train_begin``,
+    ``on_epoch_begin`` and ``on_epoch_end`` the ranks agree in one all_reduce. The reason
+    recorded is the lowest stopping rank's, on every rank."""
+
+    def __init__(self, flag: _loop.StopFlag, ranks: _loop.Ranks, history: History) -> None:
+        self.flag, self.ranks, self.history = flag, ranks, history
+        self._uncounted: list[_Vote] = []
+
+    def run_hooks(self, fns: list[Callable[..., Any]], *args: Any) -> None:
+        """Call the hooks; a StopTraining asks to stop (and skips the hooks after it)."""
+        for fn in fns:
             try:
-                self._previous = signal.signal(signal.SIGINT, self._handler)
-            except ValueError:  # pragma: no cover - e.g. signals unavailable
-                self._previous = None
-        return self
+                fn(*args)
+            except StopTraining as e:
+                self.flag.request(str(e) or "StopTraining")
+                return
 
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\npylr.fit: stopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+    def record(self, loss: Tensor) -> None:
+        """A step's loss: into the history, and under torch.distributed into the step's vote."""
+        self.history._loss.append(loss)
+        if self.ranks.distributed:
+            vote = _Vote(self.ranks, loss, self.flag.requested)
+            self.history._votes.append(vote)
+            self._uncounted.append(vote)
 
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    def step_loss(self) -> float:
+        """The last step's loss for ``on_step_end``: the ranks' mean under torch.distributed."""
+        if self.ranks.distributed:
+            return self._uncounted[-1].loss
+        return float(self.history._loss[-1])
+
+    def after_step(self) -> str | None:
+        """The reason to stop after this step, or None; the latest vote stays in flight."""
+        if not self.ranks.distributed:
+            return self.flag.reason
+        return self._count(len(self._uncounted) - 1)
+
+    def after_epoch_steps(self) -> str | None:
+        """The reason to stop at the end of an epoch's steps (every vote counted), or None."""
+        if not self.ranks.distributed:
+            return self.flag.reason
+        return self._count(len(self._uncounted))
+
+    def after_hooks(self) -> str | None:
+        """The reason to stop after a hook point, or None: agreed in one all_reduce."""
+        return self.ranks.first(self.flag.reason)
+
+    def _count(self, n: int) -> str | None:
+        votes, self._uncounted = self._uncounted[:n], self._uncounted[n:]
+        if any(v.stop for v in votes):
+            return self.ranks.first(self.flag.reason)
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,6 +599,21 @@ def fit(
 
     Ctrl-C stops the run after the current step: the history so far is returned with
     ``interrupted=True`` and the model is left in its original train/eval mode with no grads.
+
+    Under torch.distributed (``torchrun``; a ``DistributedDataParallel`` or FSDP2 model) every
+    rank of the model's process group (else the default group) calls ``fit``, and each rank's
+    loader yields the same number of batches (a ``DistributedSampler`` sees to it). Each epoch
+    starts with ``set_epoch(epoch - 1)`` on the loader's ``sampler``, ``batch_sampler`` or
+    ``batch_sampler.sampler`` where it has one (a ``DistributedSampler`` reshuffles by it; also
+    in one process). The history is the same on every rank: each step's loss is the mean over
+    the ranks of their losses (one float64 all_reduce per step, overlapping the next step), the
+    validation loss and metrics are over the union of the ranks' validation batches, weighted
+    by their sizes, ``time`` is the slowest rank's; callbacks such as :class:`EarlyStopping`
+    therefore decide alike everywhere. A stop on any rank — Ctrl-C, or StopTraining from a
+    callback — ends the run on every rank after the same step: the step after the one it came
+    in (two after, from ``on_step_end``, whose ``loss`` is the ranks' mean), or at the end of
+    the epoch if that comes first; a stop from the other hooks right after them. Bars, epoch
+    lines and messages come from rank 0 only (its bar shows its own running loss).
     """
     _loop.check_model(model)
     _loop.check_loader("train_loader", train_loader)
@@ -539,26 +633,37 @@ def fit(
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
         steps_per_epoch = None
-    progress_ = _loop.Progress(progress, steps_per_epoch)
     dev = _loop.resolve_device(model, device)
     amp_ = _loop.Amp(amp, dev)
+    ranks = _loop.Ranks(model, dev)
+    progress_ = _loop.Progress(progress, steps_per_epoch, show=ranks.main)
+    samplers = _loop.epoch_samplers(train_loader)
     _loop.move_to(model, dev)
 
     driver = _Driver(optimizer, schedules, _torch_scheduler(optimizer, schedule))
     history = History(len(optimizer.param_groups), steps_per_epoch, _MOMENTUM_NAMES[driver.key])
+    when = "after the next step" if ranks.distributed else "after this step"
+    flag = _loop.StopFlag(f"pylr.fit: stopping {when} (Ctrl-C again to abort)", ranks.main)
+    stops = _Stops(flag, ranks, history)
     was_training = model.training
+    aborted = False
     t = 0
     try:
-        with _StopFlag() as stop:
-            for fn in hooks["on_train_begin"]:
-                fn(history)
+        with flag:
+            stops.run_hooks(hooks["on_train_begin"], history)
+            reason = stops.after_hooks()
             for epoch in range(1, epochs + 1):
+                if reason is not None:
+                    break
                 model.train()
-                for fn in hooks["on_epoch_begin"]:
-                    fn(epoch, history)
+                for sampler in samplers:  # a DistributedSampler's shuffle of this epoch
+                    sampler.set_epoch(epoch - 1)
+                stops.run_hooks(hooks["on_epoch_begin"], epoch, history)
+                if (reason := stops.after_hooks()) is not None:
+                    break
                 progress_.start(f"epoch {epoch}/{epochs}")
                 start, first = time.perf_counter(), len(history._lr)
-                for batch in _steps(train_loader, stop):
+                for batch in train_loader:
                     driver.before_step(t)
                     (loss,) = _loop.train_step(
                         model,
@@ -569,46 +674,57 @@ def fit(
                         dev,
                         grad_clip=clip,
                         check_loss=t == 0,
+                        ranks=ranks,
                     )
-                    _record_step(history, optimizer, driver, loss, progress_)
-                    for fn in hooks["on_step_end"]:
-                        fn(t, float(loss), history)
+                    _record_step(history, optimizer, driver, loss, progress_, stops, first)
+                    if hooks["on_step_end"]:
+                        stops.run_hooks(hooks["on_step_end"], t, stops.step_loss(), history)
                     t += 1
-                    if stop.requested:
+                    if (reason := stops.after_step()) is not None:
                         break
                 n = len(history._lr) - first
-                if stop.requested:
-                    _interrupt(history, "Ctrl-C")
+                if (reason := stops.after_epoch_steps()) is not None:
                     break
                 if history.steps_per_epoch is None:
                     history.steps_per_epoch = n
                 if n == 0:
                     raise ValueError("train_loader is empty")
                 logs = _epoch_logs(
-                    epoch, history, first, model, val_loader, loss_fn, named_metrics, dev, amp_
+                    epoch,
+                    history,
+                    first,
+                    model,
+                    val_loader,
+                    loss_fn,
+                    named_metrics,
+                    dev,
+                    amp_,
+                    ranks,
                 )
-                logs["time"] = time.perf_counter() - start
+                logs["time"] = ranks.max(time.perf_counter() - start)
                 history.epochs.append(logs)
                 driver.after_epoch(logs)
                 progress_.close()
                 progress_.line(_epoch_line(logs, epochs))
-                for fn in hooks["on_epoch_end"]:
-                    fn(epoch, logs, history)
-                if stop.requested:
-                    _interrupt(history, "Ctrl-C")
-                    break
+                stops.run_hooks(hooks["on_epoch_end"], epoch, logs, history)
+                reason = stops.after_hooks()
+            if reason is not None:
+                _interrupt(history, reason)
     except StopTraining as e:
         _interrupt(history, str(e) or "StopTraining")
     except KeyboardInterrupt:
+        aborted = True
         _interrupt(history, "Ctrl-C")
-        print("\npylr.fit: interrupted; returning the history so far", file=sys.stderr)
+        if ranks.main:
+            print("\npylr.fit: interrupted; returning the history so far", file=sys.stderr)
     finally:
         with _loop.sigint_deferred():  # the clean-up runs whole, even under a late Ctrl-C
             progress_.close()
             driver.close()
             optimizer.zero_grad(set_to_none=True)
             model.train(was_training)
-    history._flush()
+    # after an abort another rank may never cast the votes this one waits for
+    history._flush(wait=not aborted)
     for fn in hooks["on_train_end"]:
         fn(history)
     return history
@@ -619,28 +735,31 @@ def _interrupt(history: History, reason: str) -> None:
     history.stop_reason = reason
 
 
-def _steps(loader: Iterable[Any], stop: _StopFlag) -> Iterator[Any]:
-    for batch in loader:
-        yield batch
-        if stop.requested:
-            return
-
-
 def _record_step(
     history: History,
     optimizer: Optimizer,
     driver: _Driver,
     loss: Tensor,
     progress: _loop.Progress,
+    stops: _Stops,
+    first: int,
 ) -> None:
     """The lr and momentum the step used, its loss; then a torch scheduler object steps."""
     groups = optimizer.param_groups
     history._lr.append([float(g["lr"]) for g in groups])
     history._momentum.append([_loop.group_momentum(g, driver.key) for g in groups])
     driver.after_step()
-    history._loss.append(loss)
-    # the bar shows the epoch's mean loss so far (the losses not yet flushed: this epoch's)
-    progress.update(lambda: torch.stack(history._loss).float().mean(), history._lr[-1][-1])
+    stops.record(loss)
+    # the bar shows the epoch's mean loss so far (this process's, on rank 0)
+    progress.update(lambda: _epoch_mean(history, first), history._lr[-1][-1])
+
+
+def _epoch_mean(history: History, first: int) -> float:
+    """The mean loss of this process's steps from ``first`` on, without waiting for the
+    ranks' all_reduces: what the bar shows."""
+    done = history._loss_done[first:]
+    pending = torch.stack(history._loss).float().sum().item() if history._loss else 0.0
+    return (sum(done) + pending) / (len(done) + len(history._loss))
 
 
 def _epoch_line(logs: dict[str, float], epochs: int) -> str:
@@ -660,6 +779,7 @@ def _epoch_logs(
     metrics: dict[str, _loop.Metric],
     device: torch.device,
     amp: _loop.Amp,
+    ranks: _loop.Ranks,
 ) -> dict[str, float]:
     history._flush()
     logs: dict[str, float] = {
@@ -667,7 +787,9 @@ def _epoch_logs(
         "train_loss": float(np.mean(history._loss_done[first:])),
     }
     if val_loader is not None:
-        scores = _loop._evaluate(model, val_loader, loss_fn, metrics, device, amp, "val_loader")
+        scores = _loop._evaluate(
+            model, val_loader, loss_fn, metrics, device, amp, "val_loader", ranks
+        )
         logs["val_loss"] = scores.pop("loss")
         logs.update(scores)
     return logs

@@ -496,7 +496,12 @@ def test_bad_warm_restart_states_raise_instead_of_hanging():
         """
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd="/",  # not the checkout, whose pylr/ has no compiled _core
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:-1] == ["ValueError True"] * 7

@@ -36,11 +36,15 @@ def stream(seed: int, salt: int, step: int, j: int) -> int:
     return int(mix32(np.array([tensor ^ int(mix32(np.array([t], np.uint64))[0])], np.uint64))[0])
 
 
-def stochastic_bf16(values: torch.Tensor, seed: int, salt: int, step: int, j: int) -> torch.Tensor:
-    """The documented rounding: add the hash's low 16 bits below the kept ones, truncate."""
+def stochastic_bf16(
+    values: torch.Tensor, seed: int, salt: int, step: int, j: int, high: bool = False
+) -> torch.Tensor:
+    """The documented rounding: add 16 bits of stream j's hash (its low half, or its high half
+    for Adam's exp_avg_sq, which shares exp_avg's hash) below the kept ones, truncate."""
     u = values.float().view(torch.int32).numpy().astype(np.uint64) & M32
     k = np.arange(u.size, dtype=np.uint64)
-    r = mix32(k ^ stream(seed, salt, step, j)) & 0xFFFF
+    h = mix32(k ^ stream(seed, salt, step, j))
+    r = (h >> 16) if high else (h & 0xFFFF)
     bits = ((u + r) >> 16).astype(np.uint16)
     return torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)
 
@@ -82,7 +86,9 @@ def test_first_step_is_the_documented_stochastic_rounding():
         m = g * torch.tensor(1 - 0.9, dtype=torch.float32)
         v = g * g * torch.tensor(1 - 0.999, dtype=torch.float32)
         assert torch.equal(opt.state[p]["exp_avg"], stochastic_bf16(m, seed, salt, 1, 0))
-        assert torch.equal(opt.state[p]["exp_avg_sq"], stochastic_bf16(v, seed, salt, 1, 1))
+        assert torch.equal(
+            opt.state[p]["exp_avg_sq"], stochastic_bf16(v, seed, salt, 1, 0, high=True)
+        )
 
 
 @pytest.mark.parametrize("cls", ["AdamW", "SGD"])

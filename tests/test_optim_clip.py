@@ -152,7 +152,7 @@ def test_grad_scaler_unscale_clip_step_equals_torch():
             sc.update()
         if not blow_up:
             torch.testing.assert_close(norm, norm_ref, rtol=1e-5, atol=0)
-        assert opt._grad_coef == 1.0
+        assert opt._clip is None
         for p, q in zip(model.parameters(), twin.parameters(), strict=True):
             torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
     assert s1.get_scale() == s2.get_scale()
@@ -186,7 +186,7 @@ def test_non_finite_norms():
         opt.clip_grad_norm_(1.0, error_if_nonfinite=True)
     with pytest.raises(RuntimeError, match="non-finite"):
         torch.nn.utils.clip_grad_norm_(b, 1.0, error_if_nonfinite=True)
-    assert opt._grad_coef == 1.0  # nothing pending after the refusal
+    assert opt._clip is None  # nothing pending after the refusal
     norm = opt.clip_grad_norm_(1.0)
     ref = torch.nn.utils.clip_grad_norm_(b, 1.0)
     assert math.isnan(float(norm)) and math.isnan(float(ref))
@@ -227,7 +227,7 @@ def test_no_grads_and_bad_arguments():
             opt.clip_grad_norm_(bad)
     with pytest.raises(ValueError, match="norm_type"):
         opt.clip_grad_norm_(1.0, norm_type=math.nan)
-    assert opt._grad_coef == 1.0
+    assert opt._clip is None
     # an empty grad has no infinity norm, as in torch
     q = torch.nn.Parameter(torch.ones(0))
     q.grad = torch.ones(0)

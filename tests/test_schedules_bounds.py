@@ -29,6 +29,7 @@ def run_isolated(code: str) -> str:
         text=True,
         timeout=120,
         check=False,
+        cwd="/",  # not the checkout, whose pylr/ has no compiled _core
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

@@ -370,6 +370,63 @@ def test_callbacks_are_called_in_order_and_can_stop():
         )
 
 
+@pytest.mark.parametrize(
+    ("hook", "when", "steps", "epochs"),
+    [
+        ("on_train_begin", None, 0, 0),
+        ("on_epoch_begin", 2, 6, 1),  # before any step of epoch 2
+        ("on_epoch_end", 1, 6, 1),  # epoch 1 recorded, then the stop
+    ],
+)
+def test_stop_training_from_every_hook(hook, when, steps, epochs):
+    ended = []
+
+    class Stop(pylr.Callback):
+        def on_train_end(self, history):
+            ended.append(history.stop_reason)
+
+    def stop(self, *args):
+        if when is None or args[0] == when:
+            raise pylr.StopTraining(hook)
+
+    setattr(Stop, hook, stop)
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    history = pylr.fit(model, data(), CE, opt, epochs=3, callbacks=[Stop()], progress=False)
+    assert history.steps == steps and len(history.epochs) == epochs
+    assert history.interrupted and history.stop_reason == hook and ended == [hook]
+
+
+def test_fit_calls_set_epoch_on_a_distributed_sampler():
+    """set_epoch(0), set_epoch(1), ... at the start of each epoch, whether the sampler is the
+    loader's or its batch sampler's (no process group needed: the sampler is given its
+    rank)."""
+    from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    x = torch.randn(40, 8)
+    data_ = TensorDataset(x, (x[:, 0] > 0).long())
+
+    class Epochs(pylr.Callback):
+        def __init__(self, sampler):
+            self.sampler, self.seen = sampler, []
+
+        def on_epoch_begin(self, epoch, history):
+            self.seen.append(self.sampler.epoch)
+
+    for batch_sampler in (False, True):
+        sampler = DistributedSampler(data_, num_replicas=2, rank=1, shuffle=True, seed=5)
+        if batch_sampler:
+            loader = DataLoader(data_, batch_sampler=BatchSampler(sampler, 4, drop_last=False))
+        else:
+            loader = DataLoader(data_, batch_size=4, sampler=sampler)
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        watch = Epochs(sampler)
+        pylr.fit(model, loader, CE, opt, epochs=3, callbacks=[watch], progress=False)
+        assert watch.seen == [0, 1, 2]
+
+
 def fit_sgd(model, lr, callbacks, **kwargs):
     """fit with plain SGD at ``lr`` for up to 10 epochs, validating on another sample."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -599,5 +656,7 @@ def test_bad_input():
         pylr.fit_one_cycle(model, data(), CE, epochs=1, lr_max=0.1, moms=(0.9, 0.8))
     with pytest.raises(TypeError, match="needs len"):
         pylr.fit_one_cycle(model, iter(data()), CE, epochs=1, lr_max=0.1)
+    with pytest.raises(TypeError, match="all_ranks must be True or False"):
+        pylr.evaluate(model, data(), CE, all_ranks="yes")
     for a, b in zip(before, model.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -30,7 +30,8 @@ HYPER_CASES = [
     (math.nan, {}, (ValueError, "Invalid lr value: nan (must be finite)")),
     (math.inf, {"low": -math.inf}, (ValueError, "Invalid lr value: inf (must be finite)")),
     (torch.tensor([0.1, 0.2]), {}, (ValueError, "Tensor lr must be 1-element")),
-    ("0.1", {}, 0.1),  # float() reads it, as torch's comparisons would fail on it later
+    ("0.1", {}, (TypeError, "lr must be a number, got str")),  # torch's comparisons fail too
+    (10**400, {}, (ValueError, "Invalid lr value: too large for a float (must be finite)")),
     (None, {}, (TypeError, "lr must be a number, got NoneType")),
     ([0.1], {}, (TypeError, "lr must be a number, got list")),
 ]
@@ -108,6 +109,11 @@ def test_checks_return_what_callers_compute_with():
 def test_importing_the_schedules_does_not_import_torch():
     code = "import sys, pylr.schedules, pylr._validate; print('torch' in sys.modules)"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd="/",  # not the checkout, whose pylr/ has no compiled _core
     )
     assert out.stdout.strip() == "False"

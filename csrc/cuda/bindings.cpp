@@ -120,10 +120,7 @@ PYBIND11_MODULE(_cuda, m) {
             raise_on(error);
             // the new buffers are filled (pylr.optim launches a step that fills new buffers only
             // once it has read found_inf clear)
-            std::int64_t* t = table.mutable_data();
-            for (std::int64_t r = 0; r < table.shape(0); ++r) {
-                t[r * optim::kTableColumns + optim::kColFirst] = 0;
-            }
+            optim::clear_filled_first_steps(table.mutable_data(), table.shape(0), groups.data());
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), "lr_on_device"_a,
         "grad_scale"_a, "found_inf"_a, "grad_coef"_a, "stream"_a, "device"_a,

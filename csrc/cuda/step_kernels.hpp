@@ -75,15 +75,24 @@ PYLR_HD void load_elements(const X* src, C (&dst)[kILP], int n, bool packed) {
     for (int j = 0; j < kILP; ++j) dst[j] = j < n ? optim::load(src[j]) : C(0);
 }
 
-// n elements narrowed back to storage (element `first + j` of its tensor, for stochastic
-// rounding's hash); one vector store when `packed` and the group is whole.
+// Stochastic rounding's random bits of elements first .. first + kILP - 1 of a state tensor for
+// one stream's hash (kernel_api.hpp's element_bits, as the CPU loops draw them); zeros, unused,
+// without stochastic rounding.
+template <bool Stochastic>
+PYLR_HD void draw_bits(std::uint32_t (&bits)[kILP], std::uint32_t stream, std::int64_t first) {
+    for (int j = 0; j < kILP; ++j) bits[j] = Stochastic ? optim::element_bits(stream, first + j) : 0u;
+}
+
+// n elements narrowed back to storage, element j rounded with bits[j] >> shift (see
+// StateRounding: exp_avg_sq takes the high 16 bits of exp_avg's hash); one vector store when
+// `packed` and the group is whole.
 template <bool Stochastic, typename X, typename C>
 PYLR_HD void store_elements(X* dst, const C (&src)[kILP], int n, bool packed,
-                            std::uint32_t stream, std::int64_t first) {
+                            const std::uint32_t (&bits)[kILP], int shift) {
     if (packed && n == kILP) {
         Pack<X> raw;
         for (int j = 0; j < kILP; ++j) {
-            optim::store_rounded<Stochastic>(raw.v[j], src[j], stream, first + j);
+            optim::store_state<Stochastic>(raw.v[j], src[j], bits[j] >> shift);
         }
 #if defined(__CUDA_ARCH__)
         *reinterpret_cast<Pack<X>*>(dst) = raw;
@@ -94,7 +103,7 @@ PYLR_HD void store_elements(X* dst, const C (&src)[kILP], int n, bool packed,
     }
     // a fixed trip count, so that src stays in registers
     for (int j = 0; j < kILP; ++j) {
-        if (j < n) optim::store_rounded<Stochastic>(dst[j], src[j], stream, first + j);
+        if (j < n) optim::store_state<Stochastic>(dst[j], src[j], bits[j] >> shift);
     }
 }
 
@@ -153,7 +162,7 @@ struct AdamBlock {
     std::int32_t slot;
     std::int64_t begin, end;
     AdamScalars<C> s;
-    std::uint32_t stream[3];  // stochastic rounding's streams of exp_avg, exp_avg_sq, max_exp_avg_sq
+    std::uint32_t stream[3];  // stochastic rounding's streams 0..2 (kernel_api.hpp's StateRounding)
 };
 
 // The block's prologue: its element range and the step's scalars of its tensor.
@@ -219,10 +228,17 @@ PYLR_HD void adam_elements(const AdamSlot& t, const AdamBlock<typename ComputeOf
             optim::adam_update<C, Decoupled, HasWd, Amsgrad>(pr[j], gr[j], mr[j], vr[j], xr[j],
                                                              w.s);
         }
-        store_elements<false>(p + i, pr, n, packed, 0u, i);
-        store_elements<Stochastic>(m + i, mr, n, packed, w.stream[0], i);
-        store_elements<Stochastic>(v + i, vr, n, packed, w.stream[1], i);
-        if (Amsgrad) store_elements<Stochastic>(vmax + i, xr, n, packed, w.stream[2], i);
+        std::uint32_t bits[kILP];
+        draw_bits<false>(bits, 0u, i);
+        store_elements<false>(p + i, pr, n, packed, bits, 0);
+        // one hash for both moments: exp_avg its low 16 bits, exp_avg_sq its high 16
+        draw_bits<Stochastic>(bits, w.stream[0], i);
+        store_elements<Stochastic>(m + i, mr, n, packed, bits, 0);
+        store_elements<Stochastic>(v + i, vr, n, packed, bits, 16);
+        if (Amsgrad) {
+            draw_bits<Stochastic>(bits, w.stream[2], i);
+            store_elements<Stochastic>(vmax + i, xr, n, packed, bits, 0);
+        }
     }
 }
 
@@ -346,8 +362,13 @@ PYLR_HD void sgd_elements(const SgdSlot& t, const SgdBlock<typename ComputeOf<S>
         for (int j = 0; j < kILP; ++j) {
             optim::sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pr[j], gr[j], br[j], w.s);
         }
-        store_elements<false>(p + i, pr, n, packed, 0u, i);
-        if (HasMomentum) store_elements<Stochastic>(buf + i, br, n, packed, t.stream, i);
+        std::uint32_t bits[kILP];
+        draw_bits<false>(bits, 0u, i);
+        store_elements<false>(p + i, pr, n, packed, bits, 0);
+        if (HasMomentum) {
+            draw_bits<Stochastic>(bits, t.stream, i);
+            store_elements<Stochastic>(buf + i, br, n, packed, bits, 0);
+        }
     }
 }
 

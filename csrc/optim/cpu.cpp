@@ -243,7 +243,7 @@ int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noe
                        g[kSgdMomentum], g[kSgdDampening], g[kSgdLr]};
         sgd(seg);
     });
-    for (std::int64_t i = 0; i < n_rows; ++i) table[i * kTableColumns + kColFirst] = 0;
+    clear_filled_first_steps(table, n_rows, groups);
     return kStepTaken;
 }
 

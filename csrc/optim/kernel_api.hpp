@@ -32,8 +32,8 @@ PYLR_HD std::uint32_t rounding_tensor_hash(std::uint32_t seed, std::uint32_t sal
 }
 
 // ... and from it, at a step, the stream of state tensor j (exp_avg 0, exp_avg_sq 1,
-// max_exp_avg_sq 2; SGD's momentum_buffer 0). Element i of the state adds the low 16 bits of
-// mix32(i ^ stream).
+// max_exp_avg_sq 2; SGD's momentum_buffer 0). Element i draws element_bits(stream, i); which of
+// its bits a state uses, StateRounding says.
 PYLR_HD std::uint32_t rounding_stream(std::uint32_t tensor, std::uint32_t step, std::uint32_t j) {
     return mix32(tensor ^ mix32(step + 0x9e3779b9u * (j + 1)));
 }
@@ -41,18 +41,31 @@ PYLR_HD std::uint32_t rounding_stream(std::uint32_t tensor, std::uint32_t step, 
 // How optimizer state is stored and rounded: in the parameter's dtype (round to nearest even),
 // in float32, or in bfloat16 rounded to nearest even or stochastically.
 //
-// Stochastic rounding of element i adds the low 16 bits of a hash of (seed, tensor, step, i) to
-// the float32 bits before truncating them, so a value rounds up with probability proportional
-// to its distance from the lower bfloat16 neighbour: in expectation the update survives even
-// when it is below bfloat16's resolution (beta2 * v + (1 - beta2) * g^2 changes v by 0.1%, under
+// Stochastic rounding of element i adds 16 bits of a hash of (seed, tensor, step, i) to the
+// float32 bits before truncating them, so a value rounds up with probability proportional to
+// its distance from the lower bfloat16 neighbour: in expectation the update survives even when
+// it is below bfloat16's resolution (beta2 * v + (1 - beta2) * g^2 changes v by 0.1%, under
 // bfloat16's 2^-8). The hash depends on nothing else, so results do not depend on the thread
-// count or on where chunks begin.
+// count or on where chunks begin. One hash serves two states: Adam's exp_avg takes the low 16
+// bits of stream 0's hash, exp_avg_sq its high 16 bits; max_exp_avg_sq (AMSGrad) the low bits
+// of stream 2's; SGD's momentum buffer the low bits of stream 0's.
 struct StateRounding {
     DType dtype;              // the states' storage dtype
     bool stochastic;          // bfloat16 storage rounded stochastically
-    std::uint32_t stream[3];  // per state tensor: the hash of (seed, tensor, step)
+    std::uint32_t stream[3];  // the hash of (seed, tensor, step) for streams 0..2
     std::int64_t first;       // element index of the segment's first element in its tensor
 };
+
+// The 32 random bits of element `element` of a state tensor (its index in the tensor, modulo
+// 2^32) for a stream's hash: the CPU loops and the CUDA kernels draw the same bits.
+PYLR_HD std::uint32_t element_bits(std::uint32_t stream, std::int64_t element) {
+    return mix32(static_cast<std::uint32_t>(element) ^ stream);
+}
+
+// The same for the segment's element i (index first + i in its tensor) for stream `stream`.
+PYLR_HD std::uint32_t element_bits(const StateRounding& r, int stream, std::uint32_t i) {
+    return element_bits(r.stream[stream], r.first + static_cast<std::int64_t>(i));
+}
 
 // One Adam tensor's scalars for one step, in double as torch computes them in Python.
 struct AdamStepScalars {

@@ -25,11 +25,15 @@ namespace optim {
 namespace PYLR_KERNEL_NS {
 namespace {
 
-// A state element back to storage: rounded stochastically (bfloat16 storage of StateRounding's
-// stochastic mode) or to nearest even.
-template <bool Stochastic, typename T, typename C>
-inline void store_state(T& dst, C v, const StateRounding& rounding, int stream, std::int64_t i) {
-    store_rounded<Stochastic>(dst, v, rounding.stream[stream], rounding.first + i);
+// Element i's random bits for state stream `stream` of StateRounding (0 without stochastic
+// rounding, where nothing uses them).
+template <bool Stochastic>
+inline std::uint32_t rounding_bits(const StateRounding& rounding, int stream, std::int64_t i) {
+    if constexpr (Stochastic) {
+        return element_bits(rounding, stream, static_cast<std::uint32_t>(i));
+    } else {
+        return 0;
+    }
 }
 
 // S: the parameter's (and grad's) storage type; T: the states'; Stochastic: T is bfloat16 rounded
@@ -49,9 +53,11 @@ void adam_loop(const AdamSegment& seg) {
         C vmaxi = Amsgrad ? load(vmax[i]) : C(0);
         adam_update<C, Decoupled, HasWd, Amsgrad>(pi, load(g[i]), mi, vi, vmaxi, s);
         store(p[i], pi);
-        store_state<Stochastic>(m[i], mi, r, 0, i);
-        store_state<Stochastic>(v[i], vi, r, 1, i);
-        if (Amsgrad) store_state<Stochastic>(vmax[i], vmaxi, r, 2, i);
+        // one hash for both moments (see StateRounding)
+        const std::uint32_t bits = rounding_bits<Stochastic>(r, 0, i);
+        store_state<Stochastic>(m[i], mi, bits);
+        store_state<Stochastic>(v[i], vi, bits >> 16);
+        if (Amsgrad) store_state<Stochastic>(vmax[i], vmaxi, rounding_bits<Stochastic>(r, 2, i));
     }
 }
 
@@ -68,7 +74,9 @@ void sgd_loop(const SgdSegment& seg) {
         C bi = (HasMomentum && !First) ? load(buf[i]) : C(0);
         sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pi, load(g[i]), bi, s);
         store(p[i], pi);
-        if (HasMomentum) store_state<Stochastic>(buf[i], bi, seg.state, 0, i);
+        if (HasMomentum) {
+            store_state<Stochastic>(buf[i], bi, rounding_bits<Stochastic>(seg.state, 0, i));
+        }
     }
 }
 

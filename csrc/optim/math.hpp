@@ -73,8 +73,10 @@ PYLR_HD void adam_update(C& param, C grad, C& exp_avg, C& exp_avg_sq, C& max_exp
     exp_avg_sq = exp_avg_sq + s.one_minus_beta2 * grad * grad;
     C second = exp_avg_sq;
     if (Amsgrad) {
-        // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-        max_exp_avg_sq = max_exp_avg_sq < exp_avg_sq ? exp_avg_sq : max_exp_avg_sq;
+        // torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq): a NaN in either wins
+        max_exp_avg_sq = (max_exp_avg_sq < exp_avg_sq || exp_avg_sq != exp_avg_sq)
+                             ? exp_avg_sq
+                             : max_exp_avg_sq;
         second = max_exp_avg_sq;
     }
     // denom = (second.sqrt() / bias_correction2_sqrt).add_(eps)

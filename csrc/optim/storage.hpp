@@ -147,17 +147,13 @@ PYLR_HD void store_stochastic(BFloat16& dst, float v, std::uint32_t r) {
     dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : ((u + (r & 0xffffu)) >> 16));
 }
 
-// A state element back to storage: rounded stochastically (bfloat16 storage of StateRounding's
-// stochastic mode) with the hash of its index in its tensor and the state's stream, or to
-// nearest even.
+// A state element back to storage: rounded stochastically with the random bits r (bfloat16
+// storage of StateRounding's stochastic mode; only r's low 16 bits are used) or to nearest even.
 template <bool Stochastic, typename T, typename C>
-PYLR_HD void store_rounded(T& dst, C v, std::uint32_t stream, std::int64_t element) {
+PYLR_HD void store_state(T& dst, C v, [[maybe_unused]] std::uint32_t r) {
     if constexpr (Stochastic) {
-        const auto k = static_cast<std::uint32_t>(element);
-        store_stochastic(dst, static_cast<float>(v), mix32(k ^ stream));
+        store_stochastic(dst, static_cast<float>(v), r);
     } else {
-        (void)stream;
-        (void)element;
         store(dst, v);
     }
 }
