@@ -798,3 +798,38 @@ def test_cuda_module_links_no_torch_and_the_cuda_runtime_statically():
     out = subprocess.run(["ldd", _cuda.__file__], capture_output=True, text=True, check=True)
     names = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     assert not [n for n in names if "torch" in n or "c10" in n or "cudart" in n], names
+
+
+def test_cuda_bench_without_a_gpu_exits_2_with_one_line(monkeypatch, capsys):
+    """`pylr bench --device cuda` where pylr cannot use a GPU: one line on stderr, exit 2,
+    nothing timed (the reason reported as pylr.cuda words it)."""
+    from pylr import cli
+
+    monkeypatch.setattr(pylr.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pylr.cuda, "unavailable_reason", lambda: "no device in this test")
+    assert cli.main(["bench", "--device", "cuda", "--quick"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "pylr: error: pylr bench --device cuda needs a CUDA GPU: no device in this test\n"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the bench runs")
+def test_cuda_bench_command_on_this_machine_exits_2(tmp_path):
+    """The installed command, from outside the checkout, on a machine without a GPU."""
+    import subprocess
+    import sys
+
+    script = "import sys; from pylr.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run(
+        [sys.executable, "-c", script, "bench", "--device", "cuda", "--json", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pylr: error: pylr bench --device cuda needs")
+    assert pylr.cuda.unavailable_reason() in lines[0]
+    assert not (tmp_path / "o").exists()
