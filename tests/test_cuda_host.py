@@ -833,3 +833,47 @@ def test_cuda_bench_command_on_this_machine_exits_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("pylr: error: pylr bench --device cuda needs")
     assert pylr.cuda.unavailable_reason() in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_cuda_path_plan_keeps_no_grad_alive_and_proves_each_step(emulated):
+    """The plan contract on the CUDA code path: no strong reference to a grad between steps; a
+    new grad tensor is taken over after the proof, a replaced state tensor rebuilds the plan,
+    and each step points the kernels at the tensors of that step."""
+    import gc
+    import weakref
+
+    params = [torch.nn.Parameter(torch.ones(17)), torch.nn.Parameter(torch.ones(4097))]
+    ref_params = [torch.nn.Parameter(torch.ones(17)), torch.nn.Parameter(torch.ones(4097))]
+    opt = PO.AdamW(params, lr=0.1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_plan, "backend_for", lambda device, label="": None)
+        ref = PO.AdamW(ref_params, lr=0.1)
+    for k in range(3):
+        for p, q in zip(params, ref_params, strict=True):
+            p.grad = torch.full_like(p, float(k + 1))  # a new grad tensor each step
+            q.grad = torch.full_like(q, float(k + 1))
+        dead = weakref.ref(params[0].grad)
+        opt.step()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_plan, "backend_for", lambda device, label="": None)
+            ref.step()
+        params[0].grad = None
+        gc.collect()
+        assert dead() is None, "the plan kept a grad alive"
+        params[0].grad = torch.full_like(params[0], float(k + 1))
+    plan = opt._plan
+    opt.state[params[1]]["exp_avg"] = opt.state[params[1]]["exp_avg"].clone()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt._plan is not plan, "a replaced state tensor must rebuild the table"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_plan, "backend_for", lambda device, label="": None)
+        ref.state[ref_params[1]]["exp_avg"] = ref.state[ref_params[1]]["exp_avg"].clone()
+        for q in ref_params:
+            q.grad = torch.ones_like(q)
+        ref.step()
+    assert emulated.calls.count("adam") == 4
+    for p, q in zip(params, ref_params, strict=True):
+        assert_same(p.detach(), q.detach(), "param")
+        assert_same(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"], "exp_avg")
