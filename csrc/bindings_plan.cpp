@@ -159,16 +159,17 @@ class PlanProof {
   public:
     // columns[c][r]: the tensor of row r in table column c (or None); proofs[c]: its Proof kind.
     // state_keys[c]: for the optimizer, the state-dict key column c is read from (or None).
-    // all_params: every parameter of every group, in order (the optimizer) — params without a
-    // row must still have no grad at the next step; None for the functional API. state: the
-    // optimizer's state dict as it is now (its order is the order expected next time), or None.
+    // group_params: each group's list of parameters, in order (the optimizer) — the groups
+    // must hold the very same params at the next step, and params without a row must still
+    // have no grad; None for the functional API. state: the optimizer's state dict as it is
+    // now (its order is the order expected next time), or None.
     //
     // owners: for the optimizer, the param each row belongs to as the optimizer holds it, and
     // wrapped[r]: row r's tensors are the local shards (`_local_tensor`) of what the optimizer
     // holds — a DTensor param, its DTensor grad and states — so the proof unwraps them first.
     PlanProof(const py::array_t<std::int64_t, py::array::c_style>& table, const py::list& columns,
               const std::vector<int>& proofs, const py::list& state_keys,
-              const py::object& all_params, const py::object& state, const py::object& owners,
+              const py::object& group_params, const py::object& state, const py::object& owners,
               const std::vector<bool>& wrapped)
         : n_rows_(table.shape(0)),
           n_cols_(static_cast<int>(py::len(columns))),
@@ -225,7 +226,7 @@ class PlanProof {
                     }
                     itemsize_[r] = p.attr("element_size")().cast<std::int64_t>();
                     contiguous_[r] = p.attr("is_contiguous")().cast<bool>();
-                    if (!all_params.is_none()) {
+                    if (!group_params.is_none()) {
                         PyObject* owner = t;
                         if (!owners.is_none()) {
                             owner = py::list(owners)[static_cast<std::size_t>(r)].ptr();
@@ -243,10 +244,15 @@ class PlanProof {
             }
             for (std::int64_t r = 0; r < n_rows_; ++r) wrapped_[r] = wrapped[r];
         }
-        if (!all_params.is_none()) {
-            for (py::handle p : py::list(all_params)) {
-                const auto it = row_of_param_.find(p.ptr());
-                row_of_all_.push_back(it == row_of_param_.end() ? -1 : it->second);
+        if (!group_params.is_none()) {
+            for (py::handle group : py::list(group_params)) {
+                const py::list params(group, true);
+                group_sizes_.push_back(static_cast<Py_ssize_t>(py::len(params)));
+                for (py::handle p : params) {
+                    const auto it = row_of_param_.find(p.ptr());
+                    all_params_.push_back(p.ptr());
+                    row_of_all_.push_back(it == row_of_param_.end() ? -1 : it->second);
+                }
             }
         }
         std::sort(written_.begin(), written_.end());
@@ -279,21 +285,35 @@ class PlanProof {
         return release(prove_all(table.mutable_data()));
     }
 
-    // The optimizer: all_params as at construction and the optimizer's `state` dict. Grads are
-    // read from the params, state tensors from state[param][key].
+    // The optimizer: its `param_groups` (each group's "params" must be the list of the very
+    // params it held at construction) and its `state` dict. Grads are read from the params,
+    // state tensors from state[param][key].
     bool verify_optimizer(py::array_t<std::int64_t, py::array::c_style>& table,
-                          const py::list& all_params, const py::handle& state) {
-        if (*dead_ || !same_shape(table) ||
-            static_cast<std::size_t>(py::len(all_params)) != row_of_all_.size()) {
+                          const py::handle& param_groups, const py::handle& state) {
+        if (*dead_ || !same_shape(table) || !PyList_Check(param_groups.ptr()) ||
+            PyList_GET_SIZE(param_groups.ptr()) != static_cast<Py_ssize_t>(group_sizes_.size())) {
             return false;
         }
         std::int64_t* rows = table.mutable_data();
         const TensorApi& api = tensor_api();
         current_.assign(static_cast<std::size_t>(n_rows_ * n_cols_), nullptr);
         held_.clear();
+        // the groups hold the same params (compared by address: the plan references them)
+        static PyObject* params_key = PyUnicode_InternFromString("params");
+        std::size_t k = 0;
+        for (std::size_t gi = 0; gi < group_sizes_.size(); ++gi) {
+            PyObject* group = PyList_GET_ITEM(param_groups.ptr(), static_cast<Py_ssize_t>(gi));
+            if (!PyDict_Check(group)) return false;
+            PyObject* params = PyDict_GetItemWithError(group, params_key);  // borrowed
+            if (params == nullptr) return fail();
+            if (!PyList_Check(params) || PyList_GET_SIZE(params) != group_sizes_[gi]) return false;
+            for (Py_ssize_t i = 0; i < group_sizes_[gi]; ++i, ++k) {
+                if (PyList_GET_ITEM(params, i) != all_params_[k]) return false;
+            }
+        }
         // the grads: a param without a row must have none, a row's param must have one
         for (std::size_t j = 0; j < row_of_all_.size(); ++j) {
-            PyObject* p = PyList_GET_ITEM(all_params.ptr(), static_cast<Py_ssize_t>(j));
+            PyObject* p = all_params_[j];
             const std::int64_t r = row_of_all_[j];
             PyObject* g = get_attribute(api.grad, p);
             if (g == nullptr) return release(fail());
@@ -545,7 +565,9 @@ class PlanProof {
     std::vector<std::int64_t> strides_;       // each row's parameter strides, concatenated
     std::vector<std::size_t> stride_start_;   // row r's strides: [start[r], start[r + 1])
     std::unordered_map<PyObject*, std::int64_t> row_of_param_;  // params are held by the plan
-    std::vector<std::int64_t> row_of_all_;    // all_params[j] -> row, or -1 without a grad
+    std::vector<Py_ssize_t> group_sizes_;     // each group's number of params
+    std::vector<PyObject*> all_params_;       // every group's params, in order (held by the plan)
+    std::vector<std::int64_t> row_of_all_;    // all_params_[j] -> row, or -1 without a grad
     std::int64_t rows_with_state_ = 0;
     // the state dict as it was: key and its row (or -1), by position
     std::vector<PyObject*> expected_keys_;
@@ -640,13 +662,13 @@ void bind_plan(py::module_& m) {
                       const std::vector<int>&, const py::list&, const py::object&,
                       const py::object&, const py::object&, const std::vector<bool>&>(),
              py::arg("table"), py::arg("columns"), py::arg("proofs"), py::arg("state_keys"),
-             py::arg("all_params"), py::arg("state"), py::arg("owners") = py::none(),
+             py::arg("group_params"), py::arg("state"), py::arg("owners") = py::none(),
              py::arg("wrapped") = std::vector<bool>{})
         .def("verify", &PlanProof::verify, py::arg("table").noconvert(), py::arg("current"),
              "Whether the table is current for this call's tensor lists (grad pointers are "
              "refreshed).")
         .def("verify_optimizer", &PlanProof::verify_optimizer, py::arg("table").noconvert(),
-             py::arg("all_params"), py::arg("state"),
+             py::arg("param_groups"), py::arg("state"),
              "Whether the table is current for these params' grads and the optimizer state.");
     py::class_<GradMark>(m, "GradMark",
                          "The grads a clip_grad_norm_ coefficient belongs to (weakly held).")

@@ -313,11 +313,11 @@ class PointerTable:
     ``columns[c][r]`` is the tensor of row ``r`` in table column ``c`` (or None), already checked
     by :func:`check_columns`; ``proofs[c]`` says how column ``c`` is proved at each step;
     ``state_keys[c]`` names the optimizer-state key column ``c`` comes from (or None);
-    ``all_params`` is every parameter of the optimizer and ``state`` its state dict (None for
-    the functional API); ``owners[r]`` is row ``r``'s param as the optimizer holds it, and
-    ``wrapped[r]`` says the row's tensors are the local shards of DTensors (FSDP2, tensor
-    parallelism): the param, grad and states the optimizer holds, whose ``_local_tensor`` the
-    table points into.
+    ``group_params`` is each param group's list of parameters and ``state`` the optimizer's
+    state dict (None for the functional API); ``owners[r]`` is row ``r``'s param as the
+    optimizer holds it, and ``wrapped[r]`` says the row's tensors are the local shards of
+    DTensors (FSDP2, tensor parallelism): the param, grad and states the optimizer holds,
+    whose ``_local_tensor`` the table points into.
     """
 
     __slots__ = ("backend", "device", "numel", "proof", "table")
@@ -331,7 +331,7 @@ class PointerTable:
         first_step: Sequence[bool] | None = None,
         salts: Sequence[int] | None = None,
         state_keys: Sequence[str | None] | None = None,
-        all_params: list[torch.Tensor] | None = None,
+        group_params: list[list[torch.Tensor]] | None = None,
         state: dict[Any, Any] | None = None,
         owners: list[torch.Tensor] | None = None,
         wrapped: Sequence[bool] | None = None,
@@ -367,7 +367,7 @@ class PointerTable:
             [list(c) for c in columns],
             [int(p) for p in proofs],
             keys,
-            all_params,
+            group_params,
             state,
             owners,
             list(wrapped) if wrapped is not None else [],
@@ -381,9 +381,10 @@ class PointerTable:
 
 def scalar_value(value: Any) -> Any:
     """A hyperparameter as the value it holds now: a tensor by its value (a scheduler may
-    ``fill_`` it in place), a tuple element by element."""
+    ``fill_`` it in place), a tuple element by element, a list (``betas`` can be one, and
+    edited in place) as the tuple of its values now."""
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else math.nan
-    if type(value) is tuple:
+    if type(value) is tuple or type(value) is list:
         return tuple(map(scalar_value, value))
     return value

@@ -167,6 +167,7 @@ class _Plan:
         "scheduled",
         "scheduled_momentum",
         "schedules",
+        "seen",
         "shards",
         "table",
     )
@@ -187,6 +188,9 @@ class _Plan:
         self.flags = flags
         self.groups = np.zeros((len(group_params), group_columns), dtype=np.float64)
         self.row_values: list[tuple | None] = [None] * len(group_params)
+        # each group's objects behind its row (and its schedule) as last read, where they hold
+        # no tensor: immutable, so the same objects are the same values (None: compare values)
+        self.seen: list[tuple | None] = []
         # SGD: new momentum buffers, (param, buffer, group), to enter the state once a step
         # filled them
         self.fresh: list[tuple[torch.Tensor, torch.Tensor, int]] = []
@@ -232,12 +236,14 @@ class _FusedOptimizer(Optimizer):
     _group_row: ClassVar[Callable[..., list[float]]]
     # from _group_keys: a group's values in that order, and where the momentum key sits
     _get_row: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
+    _get_seen: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
     _momentum_at: ClassVar[int]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "_group_keys" in cls.__dict__:
             cls._get_row = operator.itemgetter(*cls._group_keys)
+            cls._get_seen = operator.itemgetter(*cls._group_keys, "schedule")
             cls._momentum_at = cls._group_keys.index(cls._momentum_key)
 
     def __init__(self, params: Any, defaults: dict[str, Any], schedule: Any) -> None:
@@ -496,6 +502,8 @@ class _FusedOptimizer(Optimizer):
                 if has_momentum:
                     self._set_momentum(group, float(plan.groups[gi, momentum_col]))
                 group["schedule_step"] += 1
+                if plan.seen[gi] is not None:  # the schedule's own writes change nothing
+                    plan.seen[gi] = self._get_seen(group)
         elif status != _core.STEP_SKIPPED:
             self._discard(plan)  # nothing changed in C++
             self._refuse_schedule(_core.BAD_SCHEDULE - status)
@@ -765,42 +773,32 @@ class _FusedOptimizer(Optimizer):
     def _current_plan(self) -> _Plan | None:
         """The plan for this step, proved current or rebuilt — the one place that decides.
 
-        Reused only when the groups hold the same params (by identity) with the same flags and
-        the table's proof holds (``PlanProof.verify_optimizer``: each param's and grad's data
-        pointer, element count and strides, each state tensor of ``self.state`` by identity and
-        data pointer, no param gained or lost a grad). Otherwise everything is checked again and
-        the table rebuilt; a bad tensor raises before anything is modified. Then each group's
-        scalars are refreshed where a hyperparameter's value changed (a tensor by its value).
-        None when no param has a grad.
+        Reused only when the plan's flags still hold (they are read from the groups' values,
+        so groups holding the same objects as at the last step keep them) and the table's proof
+        holds (``PlanProof.verify_optimizer``: the groups hold the same params, by identity;
+        each param's and grad's data pointer, element count and strides, each state tensor of
+        ``self.state`` by identity and data pointer, no param gained or lost a grad). Otherwise
+        everything is checked again and the table rebuilt; a bad tensor raises before anything
+        is modified. Then each group's scalars are refreshed where a hyperparameter's value
+        changed (a tensor by its value). None when no param has a grad.
         """
         plan = self._plan
-        if not (
-            plan is not None
-            and plan.flags == self._plan_flags()
-            and self._same_groups(plan)
-            and plan.table.proof.verify_optimizer(plan.table.table, plan.all_params, self.state)
-        ):
+        if plan is not None:
+            unchanged = self._groups_unchanged(plan)
+            proof = plan.table.proof
+            if (unchanged or plan.flags == self._plan_flags()) and proof.verify_optimizer(
+                plan.table.table, self.param_groups, self.state
+            ):
+                if not unchanged:
+                    self._fill_group_rows(plan)
+                return plan
             self._plan = None
-            plan = self._build_plan()
-            if plan is None:
-                return None
-        try:
-            self._fill_group_rows(plan)
-        except BaseException:
-            self._discard(plan)
-            raise
+        plan = self._build_plan()
+        if plan is None:
+            return None
+        self._fill_group_rows(plan)
         self._plan = plan
         return plan
-
-    def _same_groups(self, plan: _Plan) -> bool:
-        groups = self.param_groups
-        if len(groups) != len(plan.group_params):
-            return False
-        for group, cached in zip(groups, plan.group_params, strict=True):
-            current = group["params"]
-            if len(current) != len(cached) or not all(map(operator.is_, current, cached)):
-                return False
-        return True
 
     def _params_with_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
         """Every param with a grad, its grad, and its group index."""
@@ -826,7 +824,7 @@ class _FusedOptimizer(Optimizer):
         """The plan over ``columns`` (the tensors the table points into: for a DTensor param,
         the local shards of it, its grad and its states) for the optimizer's ``params``."""
         group_params = [list(g["params"]) for g in self.param_groups]
-        all_params = [p for g in group_params for p in g]
+        all_params = [p for g in group_params for p in g]  # referenced by the plan
         # stochastic rounding's per-tensor salt: the param's place among all of them
         place = {id(p): i for i, p in enumerate(all_params)}
         wrapped = [_is_dtensor(p) for p in params]
@@ -837,7 +835,7 @@ class _FusedOptimizer(Optimizer):
             first_step=first_step,
             salts=[place[id(p)] for p in params],
             state_keys=state_keys,
-            all_params=all_params,
+            group_params=group_params,
             state=self.state,
             owners=params,
             wrapped=wrapped,
@@ -937,21 +935,46 @@ class _FusedOptimizer(Optimizer):
     def _set_momentum(self, group: dict[str, Any], value: float) -> None:
         group["momentum"] = value
 
+    def _groups_unchanged(self, plan: _Plan) -> bool:
+        """Whether every group holds the very objects its row (and schedule) was filled from
+        at the last step, none of them a tensor or a mutable list: then nothing in the rows
+        can have changed, since the others are immutable values."""
+        groups = self.param_groups
+        seen = plan.seen
+        if len(seen) != len(groups):
+            return False
+        get_seen = self._get_seen
+        for group, last in zip(groups, seen):  # noqa: B905 (equal lengths)
+            if last is None or not all(map(operator.is_, get_seen(group), last)):
+                return False
+        return True
+
     def _fill_group_rows(self, plan: _Plan) -> None:
         """Each group's checked row of scalars, rebuilt only when one of its values changed (a
         tensor hyperparameter by the value it holds, since schedulers ``fill_`` it in place;
-        what a fused schedule sets is the schedule's to write, and not compared)."""
+        what a fused schedule sets is the schedule's to write, and not compared). A bad value
+        raises and drops the plan (with any state it created)."""
+        try:
+            self._refill_group_rows(plan)
+        except BaseException:
+            self._discard(plan)
+            raise
+
+    def _refill_group_rows(self, plan: _Plan) -> None:
         groups = self.param_groups
         schedules = tuple(map(_GET_SCHEDULE, groups))
         if len(schedules) != len(plan.schedules) or any(
             map(operator.is_not, schedules, plan.schedules)
         ):
             plan.set_schedules(tuple(self._schedule_of(gi) for gi in range(len(groups))))
-        get_row = self._get_row
+        get_row, get_seen = self._get_row, self._get_seen
         scheduled = plan.scheduled_momentum
         on_device, device = plan.table.backend is not None, plan.table.device
+        plan.seen = seen = []
         for gi, group in enumerate(groups):
             raw = get_row(group)
+            plain = _plain(raw)
+            seen.append(get_seen(group) if plain else None)
             has_momentum = scheduled.get(gi)
             if has_momentum is not None:
                 # placeholders the row's checks accept: the step writes (and checks) the
@@ -964,13 +987,14 @@ class _FusedOptimizer(Optimizer):
                     raw[at] = (fill, *m[1:]) if isinstance(m, tuple) else fill
                 raw = tuple(raw)
             if on_device:
-                # an lr tensor on the device is read by the kernels at each step
+                # an lr tensor on the device is read by the kernels at each step (a tensor lr
+                # is not plain: such a group is never skipped by the seen check)
                 scheduled_lr = has_momentum is not None
                 address = 0 if scheduled_lr else self._lr_on_device(gi, raw[0], device)
                 plan.lr_on_device[gi] = address
                 if address:
                     raw = (0.0, *raw[1:])
-            values = raw if _plain(raw) else tuple(map(scalar_value, raw))
+            values = raw if plain else tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(*raw)
                 plan.row_values[gi] = values

@@ -316,6 +316,43 @@ def test_tensor_betas_are_read_by_value_at_each_step_as_torch():
         PO.Adam(ours, betas=(torch.tensor(0.9), 0.999))
 
 
+def _edit_group(group, i):
+    """Hyperparameter edits a user makes between steps, some without a new object."""
+    if i == 0:
+        group["betas"] = [0.9, 0.999]  # a list: torch reads it at each step
+    elif i == 1:
+        group["betas"][0] = 0.5  # edited in place: the same list object
+    elif i == 2:
+        group["weight_decay"] = 0.5 * 0.2  # a new float object, a new value
+    elif i == 3:
+        group["weight_decay"] = float(group["weight_decay"])  # a new object, the same value
+    elif i == 4:
+        group["eps"] = torch.tensor(1e-3)
+    elif i == 5:
+        group["eps"].fill_(0.25)  # the same tensor, a new value
+    elif i == 6:
+        group["lr"] = 0.5
+
+
+@pytest.mark.parametrize("schedule", [False, True])
+def test_group_edits_in_place_or_by_new_objects_are_read_as_torch(schedule):
+    ours, theirs = _pair()
+    sched = schedules.Cosine(base_lr=0.05, T_max=10) if schedule else None
+    opt = PO.AdamW(ours, lr=1.0 if schedule else 0.05, schedule=sched)  # the schedule's lr
+    ref = torch.optim.AdamW(theirs, lr=0.05, foreach=False)
+    for i in range(9):
+        _set_grads(ours, theirs, i)
+        if schedule:
+            ref.param_groups[0]["lr"] = sched(i)
+        opt.step()
+        ref.step()
+        _assert_same(ours, theirs, atol=1e-7)
+        _edit_group(opt.param_groups[0], i)
+        _edit_group(ref.param_groups[0], i)
+        if schedule and i == 6:
+            opt.param_groups[0]["lr"] = opt.param_groups[0]["lr"]  # the schedule owns lr
+
+
 def test_amsgrad_keeps_a_nan_as_torch_maximum():
     ours, theirs = _pair(n=1, size=4)
     opt = PO.Adam(ours, amsgrad=True)
