@@ -246,7 +246,7 @@ class PlanProof {
         }
         if (!group_params.is_none()) {
             for (py::handle group : py::list(group_params)) {
-                const py::list params(group, true);
+                const auto params = py::reinterpret_borrow<py::list>(group);
                 group_sizes_.push_back(static_cast<Py_ssize_t>(py::len(params)));
                 for (py::handle p : params) {
                     const auto it = row_of_param_.find(p.ptr());
