@@ -21,7 +21,8 @@
 
 namespace py = pybind11;
 
-void bind_plan(py::module_& m);  // bindings_plan.cpp
+void bind_plan(py::module_& m);       // bindings_plan.cpp
+void bind_cuda_host(py::module_& m);  // bindings_cuda_host.cpp
 
 namespace {
 
@@ -300,6 +301,29 @@ int run_step(Step step, Table& table, Groups& groups, int group_columns,
     return step(t, n, args);
 }
 
+// A step's fused schedules evaluated into its group rows, for a step that runs outside this
+// module (pylr._cuda): what adam_step / sgd_step do first.
+int apply_group_schedules(Groups& groups, int group_columns, int lr_col, int momentum_col,
+                          bool momentum_below_one, const GroupSchedules& schedules,
+                          const py::object& schedule_steps) {
+    if (groups.ndim() != 2 || groups.shape(1) != group_columns || !groups.writeable()) {
+        throw py::value_error("groups must be a writeable float64 array of shape (g, " +
+                              std::to_string(group_columns) + ")");
+    }
+    const auto steps = py::cast<py::array_t<double, py::array::c_style>>(schedule_steps);
+    if (static_cast<py::ssize_t>(schedules.raw.size()) != groups.shape(0) || steps.ndim() != 1 ||
+        steps.shape(0) != groups.shape(0)) {
+        throw py::value_error("one schedule and one schedule step per group");
+    }
+    pylr::optim::StepArgs args;
+    args.groups = groups.mutable_data();
+    args.n_groups = groups.shape(0);
+    args.schedules = schedules.raw.data();
+    args.schedule_steps = steps.data();
+    return pylr::optim::apply_schedules(args, group_columns, lr_col, momentum_col,
+                                        momentum_below_one);
+}
+
 py::array_t<double> fill_range(const ScheduleNode& node, py::ssize_t n, bool momentum) {
     if (n < 0) throw py::value_error("n must be >= 0");
     py::array_t<double> out(n);
@@ -394,6 +418,25 @@ PYBIND11_MODULE(_core, m) {
         py::arg("schedule_steps") = py::none(),
         "One SGD step over a pointer table; the same results as adam_step.");
     m.def(
+        "adam_schedules",
+        [](Groups& groups, const GroupSchedules& schedules, const py::object& schedule_steps) {
+            using namespace pylr::optim;
+            return apply_group_schedules(groups, kAdamGroupColumns, kAdamLr, kAdamBeta1, true,
+                                         schedules, schedule_steps);
+        },
+        py::arg("groups").noconvert(), py::arg("schedules"), py::arg("schedule_steps"),
+        "The fused schedules' lr and beta1 at each group's step, written into Adam group rows "
+        "(as adam_step does first): STEP_TAKEN, or BAD_SCHEDULE - g (nothing written).");
+    m.def(
+        "sgd_schedules",
+        [](Groups& groups, const GroupSchedules& schedules, const py::object& schedule_steps) {
+            using namespace pylr::optim;
+            return apply_group_schedules(groups, kSgdGroupColumns, kSgdLr, kSgdMomentum, false,
+                                         schedules, schedule_steps);
+        },
+        py::arg("groups").noconvert(), py::arg("schedules"), py::arg("schedule_steps"),
+        "The fused schedules' lr and momentum written into SGD group rows (as sgd_step does).");
+    m.def(
         "norm_chunks",
         [](Table& table) {
             check_table(table);
@@ -463,6 +506,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("COL_STATE_DTYPE") = static_cast<int>(pylr::optim::kColStateDType);
     m.attr("COL_SALT") = static_cast<int>(pylr::optim::kColSalt);
     bind_plan(m);
+    bind_cuda_host(m);
     m.attr("ADAM_GROUP_COLUMNS") = static_cast<int>(pylr::optim::kAdamGroupColumns);
     // each group row's columns by name (csrc/optim/cpu.hpp is their single source)
     {

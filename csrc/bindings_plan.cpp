@@ -12,7 +12,7 @@
 // object dies, so an address is never mistaken for a new object at the same place.
 //
 // Tensors are read only through Python's C API and torch's public methods and properties
-// (data_ptr, nbytes, stride, is_contiguous, is_neg, grad, dtype, is_cpu, _version, _cdata),
+// (data_ptr, nbytes, stride, is_contiguous, is_neg, grad, dtype, get_device, _version, _cdata),
 // looked up once as descriptors: no torch header is included. The proof holds no strong
 // reference to any tensor, so a grad, a state tensor or a parameter dropped by the user is
 // freed at once.
@@ -59,7 +59,7 @@ struct TensorApi {
     PyObject* grad = nullptr;  // getset descriptors
     PyObject* nbytes = nullptr;
     PyObject* dtype = nullptr;
-    PyObject* is_cpu = nullptr;
+    PyObject* get_device = nullptr;
     PyObject* version = nullptr;  // _version: autograd's count of in-place changes
     PyObject* is_neg = nullptr;
 };
@@ -79,7 +79,7 @@ const TensorApi& tensor_api() {
         a.grad = descriptor("grad");
         a.nbytes = descriptor("nbytes");
         a.dtype = descriptor("dtype");
-        a.is_cpu = descriptor("is_cpu");
+        a.get_device = descriptor("get_device");
         a.version = descriptor("_version");
         a.is_neg = descriptor("is_neg");
         return a;
@@ -197,6 +197,7 @@ class PlanProof {
         itemsize_.assign(static_cast<std::size_t>(n_rows_), 0);
         contiguous_.assign(static_cast<std::size_t>(n_rows_), false);
         dtypes_.assign(static_cast<std::size_t>(n_rows_), nullptr);
+        devices_.assign(static_cast<std::size_t>(n_rows_), -1);
         stride_start_.assign(static_cast<std::size_t>(n_rows_) + 1, 0);
         for (int c = 0; c < n_cols_; ++c) {
             py::list column = columns[c];
@@ -220,6 +221,9 @@ class PlanProof {
                     if (!s || !d) throw py::error_already_set();
                     for (py::handle v : py::tuple(s)) strides_.push_back(v.cast<std::int64_t>());
                     dtypes_[r] = d.ptr();  // dtypes are immortal singletons
+                    if (!read_int(call_method(api.get_device, t), &devices_[r])) {
+                        throw py::error_already_set();
+                    }
                     itemsize_[r] = p.attr("element_size")().cast<std::int64_t>();
                     contiguous_[r] = p.attr("is_contiguous")().cast<bool>();
                     if (!group_params.is_none()) {
@@ -242,7 +246,7 @@ class PlanProof {
         }
         if (!group_params.is_none()) {
             for (py::handle group : py::list(group_params)) {
-                const py::list params(group, true);
+                const auto params = py::reinterpret_borrow<py::list>(group);
                 group_sizes_.push_back(static_cast<Py_ssize_t>(py::len(params)));
                 for (py::handle p : params) {
                     const auto it = row_of_param_.find(p.ptr());
@@ -499,10 +503,10 @@ class PlanProof {
     // A param: the same object, data pointer, size and order. A state tensor: the same object
     // and data pointer. A grad (often a new tensor each step, after zero_grad(set_to_none=True)):
     // the parameter's order, and where its data pointer moved, the parameter's size, dtype and
-    // device, no negative bit and no overlap with memory the step writes, before the table
-    // takes the new pointer over. (A new grad object at the old address
-    // has the parameter's size, dtype and device: torch checks them when a grad is assigned,
-    // and the parameter's size is proved just before.)
+    // device (the CPU or the param's CUDA device), no negative bit and no overlap with memory
+    // the step writes, before the table takes the new pointer over. (A new grad object at the
+    // old address has the parameter's size, dtype and device: torch checks them when a grad is
+    // assigned, and the parameter's size is proved just before.)
     bool prove(std::int64_t r, int c, PyObject* t, std::int64_t* row) {
         const Proof kind = proofs_[static_cast<std::size_t>(c)];
         if (kind == Proof::None) return t == nullptr || t == Py_None;
@@ -525,11 +529,9 @@ class PlanProof {
             if (dtype == nullptr) return false;
             const bool same_dtype = dtype == dtypes_[static_cast<std::size_t>(r)];
             Py_DECREF(dtype);
-            PyObject* cpu = get_attribute(api.is_cpu, t);
-            if (cpu == nullptr) return false;
-            const bool on_cpu = cpu == Py_True;
-            Py_DECREF(cpu);
-            if (!same_dtype || !on_cpu) return false;
+            std::int64_t device = 0;
+            if (!read_int(call_method(api.get_device, t), &device)) return false;
+            if (!same_dtype || device != devices_[static_cast<std::size_t>(r)]) return false;
             PyObject* neg = call_method(api.is_neg, t);  // a negative view reads as -g
             if (neg == nullptr) return false;
             Py_DECREF(neg);
@@ -556,6 +558,7 @@ class PlanProof {
     std::vector<py::object> held_;    // and the references that keep them alive meanwhile
     std::vector<Lines> lines_;        // n_rows x n_cols prefetch hints
     std::vector<PyObject*> dtypes_;   // each row's parameter dtype
+    std::vector<std::int64_t> devices_;  // and device (get_device(): -1 for the CPU)
     std::vector<std::int64_t> itemsize_;  // each row's element size in bytes
     std::vector<bool> contiguous_;    // each row's parameter is contiguous
     std::vector<bool> wrapped_;       // each row's tensors are DTensors' local shards

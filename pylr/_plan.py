@@ -9,6 +9,10 @@ carries a proof (:class:`pylr._core.PlanProof`) that re-reads those facts before
 - a gradient that is a new tensor (as after ``zero_grad(set_to_none=True)``) is taken over once it
   shows the parameter's layout, dtype and device.
 
+A table's tensors are all on one device: the CPU (``pylr._core`` steps them) or one CUDA device
+(``pylr._cuda`` does, through :func:`backend_for`); the table itself always lives in host memory,
+and the CUDA launcher builds its kernels' metadata from it.
+
 When anything differs the table is rebuilt from scratch through :func:`check_columns`, which
 raises an error naming the offending tensor before anything is modified. The proof holds weak
 references and integers only, so a plan keeps no tensor alive between steps.
@@ -28,7 +32,14 @@ import torch
 
 from pylr import _core
 
-__all__ = ["DTYPE_CODES", "PointerTable", "Proof", "check_columns", "check_tensor"]
+__all__ = [
+    "DTYPE_CODES",
+    "PointerTable",
+    "Proof",
+    "backend_for",
+    "check_columns",
+    "check_tensor",
+]
 
 # dtype codes, read from the C++ core (csrc/optim/kernel_api.hpp's DType)
 DTYPE_CODES = {
@@ -86,11 +97,11 @@ def _not_plain_memory(t: torch.Tensor) -> str | None:
         if name == "DTensor":
             return (
                 "is a DTensor (a parameter sharded by FSDP2 or tensor parallelism); pylr's "
-                "optimizers update plain CPU tensors only"
+                "functional steps update plain tensors only (pylr.optim steps DTensors' shards)"
             )
         return (
             f"is a {type(t).__module__}.{name}, a tensor subclass whose data is not plain memory; "
-            "pylr's optimizers update plain CPU tensors only"
+            "pylr's optimizers update plain tensors only"
         )
     if _functorch is not None and _functorch.is_functorch_wrapped_tensor(t):
         return "is wrapped by a functorch transform (vmap/grad); pylr's step runs outside autograd"
@@ -112,9 +123,27 @@ def _not_plain_memory(t: torch.Tensor) -> str | None:
     return None
 
 
+def backend_for(device: torch.device, label: str = "a tensor") -> Any:
+    """Who steps tensors on ``device``: None for the CPU (``pylr._core``), else the CUDA backend
+    (``pylr.cuda``), or a RuntimeError naming ``label`` that says what to do when this build or
+    machine cannot."""
+    if device.type == "cpu":
+        return None
+    from pylr import cuda
+
+    return cuda.backend(label, device)
+
+
+def _check_device(label: str, t: torch.Tensor) -> None:
+    if t.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(
+            f"{label} is on {t.device}; pylr's optimizers update CPU and CUDA tensors only"
+        )
+
+
 def check_tensor(label: str, t: Any, like: torch.Tensor | None = None, state: bool = False) -> None:
-    """Raise a clear error naming ``label`` unless ``t`` is a tensor pylr's CPU kernels can
-    update in place: plain, dense, real floating point, on the CPU, with enough storage.
+    """Raise a clear error naming ``label`` unless ``t`` is a tensor pylr's kernels can update in
+    place: plain, dense, real floating point, on the CPU or a CUDA device, with enough storage.
 
     ``like`` is the parameter that ``t`` (a gradient or, with ``state``, optimizer state) must
     match in shape, device and layout, and in dtype — a state may also have one of
@@ -124,10 +153,11 @@ def check_tensor(label: str, t: Any, like: torch.Tensor | None = None, state: bo
         raise TypeError(f"{label} must be a torch.Tensor, got {type(t).__name__}")
     if t.is_sparse or t.layout != torch.strided:
         raise RuntimeError(f"{label} is sparse; pylr's optimizers support dense tensors only")
-    if t.device.type != "cpu":
-        raise RuntimeError(
-            f"{label} is on {t.device}; this pylr build updates CPU tensors only (no CUDA "
-            "extension)"
+    _check_device(label, t)
+    if like is not None and t.device != like.device:
+        raise ValueError(
+            f"{label} is on {t.device} but its parameter on {like.device}; a parameter's grad "
+            "and state must be on its device"
         )
     why = _not_plain_memory(t)
     if why is not None:
@@ -162,12 +192,13 @@ def check_tensor(label: str, t: Any, like: torch.Tensor | None = None, state: bo
         )
 
 
-def check_step_counter(label: str, t: Any) -> None:
-    """A state ``step``: a 1-element float32 CPU tensor of plain memory."""
+def check_step_counter(label: str, t: Any, device: torch.device) -> None:
+    """A state ``step``: a 1-element float32 tensor of plain memory on ``device`` (its param's:
+    the CPU, or the CUDA device whose kernels increment it)."""
     if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.numel() != 1:
         raise TypeError(f"{label} must be a 1-element float32 tensor")
-    if t.device.type != "cpu":
-        raise RuntimeError(f"{label} is on {t.device}, not the CPU")
+    if t.device != device:
+        raise ValueError(f"{label} is on {t.device}, not on its parameter's device {device}")
     why = _not_plain_memory(t)
     if why is not None:
         raise TypeError(f"{label} {why}")
@@ -184,12 +215,29 @@ def check_columns(
     memory is written twice in one step (or read where another tensor is written).
 
     ``steps[c]`` marks a column of step counters; ``required[c]`` a column whose entries may not
-    be None (elsewhere None means "no tensor here"). Raises before anything is modified.
+    be None (elsewhere None means "no tensor here"). Every tensor must be on the first
+    parameter's device (one step runs on one device), and a CUDA device needs this build's CUDA
+    kernels. Raises before anything is modified.
     """
     params = columns[0]
     for col, tensors in enumerate(columns):
         if len(tensors) != len(params):
             raise ValueError(f"{names[col]} has {len(tensors)} tensors for {len(params)} params")
+    device = None
+    for i, p in enumerate(params):
+        if not isinstance(p, torch.Tensor):
+            check_tensor(labels[i], p)  # raises
+        _check_device(labels[i], p)
+        if device is None:
+            device = p.device
+        elif p.device != device:
+            raise ValueError(
+                f"{labels[i]} is on {p.device} but {labels[0]} on {device}; one pylr step "
+                "updates the tensors of one device: put the parameters on one device (or use "
+                "one optimizer per device)"
+            )
+    if device is not None:
+        backend_for(device, labels[0])  # a clear error where CUDA tensors cannot be stepped
     for i, p in enumerate(params):
         check_tensor(labels[i], p)
         state_dtype = None
@@ -201,7 +249,7 @@ def check_columns(
                 continue
             label = f"{labels[i]}: {names[col]}"
             if steps is not None and steps[col]:
-                check_step_counter(label, t)
+                check_step_counter(label, t, p.device)
                 continue
             check_tensor(label, t, like=p, state=col >= 2)
             if col >= 2:
@@ -272,7 +320,7 @@ class PointerTable:
     whose ``_local_tensor`` the table points into.
     """
 
-    __slots__ = ("numel", "proof", "table")
+    __slots__ = ("backend", "device", "numel", "proof", "table")
 
     def __init__(
         self,
@@ -310,6 +358,9 @@ class PointerTable:
         table[:, COL_SALT] = range(n) if salts is None else salts
         self.table = table
         self.numel = int(sum(numels))  # elements in the step
+        # the tensors' device, and who steps them there (None: pylr._core, on the CPU)
+        self.device = params[0].device if n else torch.device("cpu")
+        self.backend = backend_for(self.device)
         keys = list(state_keys) if state_keys is not None else [None] * len(columns)
         self.proof = _core.PlanProof(
             table,

@@ -243,6 +243,12 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time pylr against torch in one run")
     b.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     b.add_argument("--quick", action="store_true", help="fewer repetitions (for smoke tests)")
+    b.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: pylr's CUDA step against torch's fused and foreach (needs a GPU)",
+    )
     d = sub.add_parser(
         "demo", help="lr_find + fit_one_cycle on scikit-learn's bundled digits, with plots"
     )
@@ -301,6 +307,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" (see '{e.prog} --help')" if e.prog else ""
         return _error(f"{e}{hint}")
     try:
+        if args.command == "bench" and args.device == "cuda":
+            from pylr.bench_cuda import CudaBenchUnavailable, run_cuda_bench
+
+            try:
+                run_cuda_bench(json_path=args.json, quick=args.quick)
+            except CudaBenchUnavailable as e:
+                return _error(str(e))
+            return 0
         if args.command == "bench":
             from pylr.bench import run_bench
 

@@ -1,7 +1,9 @@
 """Functional fused optimizer steps for hot loops: tensor lists in, one C++ call.
 
 ``sgd_``, ``adam_`` and ``adamw_`` update every tensor in place (params, states, step counters)
-with the same math as ``torch.optim`` (``foreach=False``) in one multi-threaded SIMD pass. The
+with the same math as ``torch.optim`` (``foreach=False``) in one multi-threaded SIMD pass — or,
+for tensors on a CUDA device, in a few multi-tensor kernel launches on torch's current stream
+(``pylr.cuda``; the step counters then live on the device too). The
 tensor checks and the pointer table are cached: a call whose tensors are the same objects as the
 previous call's (the usual hot loop; grads may be new tensors) skips the checks, after the cached
 table is proved current (each tensor's data pointer, element count and strides; see
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pylr import _core
+from pylr import _core, _plan
 from pylr import _validate as _check
 from pylr._plan import PointerTable, Proof, check_columns
 
@@ -106,15 +108,25 @@ def _row(columns: dict[str, int], **values: float) -> list[float]:
     return row
 
 
-def scalar_ptr(t: torch.Tensor | None, name: str) -> int:
-    """Address of AMP's 0-d float32 grad_scale / found_inf tensor (0 for None)."""
+_CPU = torch.device("cpu")
+
+
+def scalar_ptr(t: torch.Tensor | None, name: str, device: torch.device = _CPU) -> int:
+    """Address of AMP's 0-d float32 grad_scale / found_inf tensor (0 for None), which must be on
+    the step's ``device`` (where the step reads it)."""
     if t is None:
         return 0
-    if not isinstance(t, torch.Tensor) or t.numel() != 1 or t.device.type != "cpu":
-        raise ValueError(f"{name} must be a 1-element CPU tensor")
+    if not isinstance(t, torch.Tensor) or t.numel() != 1:
+        raise ValueError(f"{name} must be a 1-element tensor")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, but the step's tensors are on {device}")
     if t.dtype != torch.float32:
         raise TypeError(f"{name} must be float32, got {t.dtype}")
     return t.data_ptr()
+
+
+def device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else 0
 
 
 _ADAM_COLUMNS = ("params", "grads", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "state_steps")
@@ -186,7 +198,8 @@ def adam_(
     ``stochastic_rounding`` bfloat16 states are rounded stochastically, the random bits a hash
     of (``rounding_seed``, the tensor's position in the lists, its step, the element). Returns
     False when AMP's ``found_inf`` is set, in which case nothing (step counters included) was
-    modified.
+    modified. On a CUDA device (``state_steps`` there too) the kernels read ``found_inf`` and
+    skip the step themselves, and the call returns True without waiting for the device.
     """
     groups = np.array(
         [
@@ -217,9 +230,16 @@ def adam_(
         list(state_steps),
     ]
     plan = _adam_table(columns, amsgrad)
-    ok = _core.STEP_TAKEN == _core.adam_step(
-        plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
-    )
+    device, backend = plan.device, plan.backend
+    gs = scalar_ptr(grad_scale, "grad_scale", device)
+    fi = scalar_ptr(found_inf, "found_inf", device)
+    if backend is None:
+        ok = _core.STEP_TAKEN == _core.adam_step(plan.table, groups, gs, fi)
+    else:
+        backend.adam_step(
+            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
+        )
+        ok = True
     if ok:
         written = (columns[0], *columns[2:])
         torch._C._increment_version([t for c in written for t in c if t is not None])
@@ -293,7 +313,9 @@ def sgd_(
     Buffers may be float32 or bfloat16 beside float32 or half params; with
     ``stochastic_rounding`` bfloat16 buffers are rounded stochastically (pass a new
     ``rounding_step`` at each step: SGD keeps no step count). Returns False when AMP's
-    ``found_inf`` is set (nothing modified).
+    ``found_inf`` is set (nothing modified). On a CUDA device the kernels read ``found_inf``
+    and skip the step themselves (the call returns True without waiting) — except a step that
+    creates buffers, which reads ``found_inf`` first (a skipped first step creates none).
     """
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -329,15 +351,28 @@ def sgd_(
     if any(fresh) or plan is None or not plan.is_current(columns):
         _sgd_cache.plan = None
         check_columns(_SGD_COLUMNS, columns, _labels(n), required=(True, True, False))
+        stepped_on_device = n > 0 and _plan.backend_for(params[0].device) is not None
+        if any(fresh) and stepped_on_device and found_inf is not None:
+            # a skipped first step must create no buffer: read found_inf (one host sync)
+            scalar_ptr(found_inf, "found_inf", params[0].device)
+            if found_inf.item() != 0:
+                return False
         for i, p in enumerate(params):
             if fresh[i]:
                 momentum_buffer_list[i] = torch.empty_like(p, memory_format=torch.preserve_format)
                 columns[2][i] = momentum_buffer_list[i]
         plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
         _sgd_cache.plan = plan
-    ok = _core.STEP_TAKEN == _core.sgd_step(
-        plan.table, groups, scalar_ptr(grad_scale, "grad_scale"), scalar_ptr(found_inf, "found_inf")
-    )
+    device, backend = plan.device, plan.backend
+    gs = scalar_ptr(grad_scale, "grad_scale", device)
+    fi = scalar_ptr(found_inf, "found_inf", device)
+    if backend is None:
+        ok = _core.STEP_TAKEN == _core.sgd_step(plan.table, groups, gs, fi)
+    else:
+        backend.sgd_step(
+            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
+        )
+        ok = True
     if ok:
         torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
     elif any(fresh):

@@ -17,6 +17,14 @@ Beyond torch:
   ``momentum`` or Adam's ``betas[0]`` too, as ``ScheduleLR`` does.
 - GradScaler hands its ``grad_scale`` and ``found_inf`` over (``_step_supports_amp_scaling``):
   grads are unscaled in the same pass, and a step with ``found_inf`` set changes nothing.
+
+CUDA parameters (with ``pylr.cuda.is_available()``) get the same step from pylr's CUDA kernels:
+every tensor of every group in a few multi-tensor launches on torch's current stream, with
+``grad_scale``, ``found_inf``, the clip coefficient and the step counters read on the device (a
+CUDA param's ``state["step"]`` is a float32 0-d tensor on its device, as torch's fused Adam keeps
+it), so a step waits for nothing. An lr that is a float32 tensor on the params' device is read
+on the device at each step; with ``capturable=True`` (Adam, AdamW) the step may be captured in a
+CUDA graph. All of an optimizer's params must be on one device.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from torch.optim import Optimizer
 from pylr import _core, _plan
 from pylr import _validate as _check
 from pylr._plan import STATE_DTYPES, PointerTable, Proof, check_columns, scalar_value
-from pylr.functional import adam_group_row, scalar_ptr, sgd_group_row
+from pylr.functional import adam_group_row, device_index, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
 
 __all__ = ["SGD", "Adam", "AdamW"]
@@ -149,6 +157,8 @@ class _Plan:
         "grad_dtype",
         "group_params",
         "groups",
+        "lr_on_device",
+        "norm_out",
         "params",
         "partials",
         "row_values",
@@ -184,8 +194,12 @@ class _Plan:
         # SGD: new momentum buffers, (param, buffer, group), to enter the state once a step
         # filled them
         self.fresh: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-        # clip_grad_norm_: its scratch (one double per chunk) and the dtype torch's norm has
-        self.partials: np.ndarray | None = None
+        # CUDA: per group the address of an lr tensor on the device read by the kernels, or 0
+        self.lr_on_device = np.zeros(len(group_params), dtype=np.int64)
+        # clip_grad_norm_: its scratch (one double per chunk; a device tensor on CUDA, with the
+        # device double the norm lands in) and the dtype torch's norm has
+        self.partials: Any = None
+        self.norm_out: torch.Tensor | None = None
         self.grad_dtype = functools.reduce(torch.promote_types, {p.dtype for p in params})
         # fused schedules, per group: the Schedule objects, their C++ nodes, the steps
         self.schedules: tuple[Schedule | None, ...] = ()
@@ -448,23 +462,31 @@ class _FusedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # a large step wakes the pool while Python prepares it (the last plan tells the size)
-        _core.prepare_threads(0 if self._plan is None else self._plan.table.numel)
+        last = self._plan
+        _core.prepare_threads(0 if last is None or last.table.backend else last.table.numel)
         plan = self._current_plan()
         if plan is None:
             self._clip = None
             return loss
+        on_device = plan.table.backend is not None
         try:
             for gi, _ in plan.scheduled:
                 plan.schedule_steps[gi] = self._schedule_step(gi)
-            grad_scale = scalar_ptr(getattr(self, "grad_scale", None), "grad_scale")
-            found_inf = scalar_ptr(getattr(self, "found_inf", None), "found_inf")
+            grad_scale = getattr(self, "grad_scale", None)
+            found_inf = getattr(self, "found_inf", None)
+            if not on_device:
+                grad_scale = scalar_ptr(grad_scale, "grad_scale")
+                found_inf = scalar_ptr(found_inf, "found_inf")
             # a clip_grad_norm_ coefficient belongs to this step's grads, taken or skipped
             coef = self._pending_clip(plan)
+            if on_device:
+                status = self._run_on_device(plan, grad_scale, found_inf, coef)
         except BaseException:
             self._discard(plan)
             raise
         self._clip = None
-        status = self._run(plan, grad_scale, found_inf, coef)
+        if not on_device:
+            status = self._run(plan, grad_scale, found_inf, coef)
         if status == _core.STEP_TAKEN:
             # autograd's version counters guard tensors saved for backward: the params (the
             # optimizer's own state never enters a graph)
@@ -487,6 +509,56 @@ class _FusedOptimizer(Optimizer):
             self._refuse_schedule(_core.BAD_SCHEDULE - status)
         plan.created = []
         return loss
+
+    def _run_on_device(
+        self, plan: _Plan, grad_scale: Any, found_inf: Any, coef: float | torch.Tensor
+    ) -> int:
+        """The step on a CUDA device: what the device reads (AMP's scalars, the clip
+        coefficient, step counters, tensor lrs) stays there, so nothing waits for it — except
+        what the host must know of a skipped step (a fused schedule's step count, SGD's new
+        buffers), which reads ``found_inf`` first."""
+        table = plan.table
+        backend, device = table.backend, table.device
+        gs = scalar_ptr(grad_scale, "grad_scale", device)
+        fi = scalar_ptr(found_inf, "found_inf", device)
+        capturing = backend.capturing(device)
+        if capturing:
+            self._check_capture(plan)
+        if found_inf is not None and (plan.scheduled or self._needs_found_inf(plan)):
+            if capturing:
+                raise RuntimeError(
+                    f"{type(self).__name__}.step() under CUDA-graph capture with AMP's found_inf "
+                    "cannot wait for it, and this step must (fused schedules, or SGD's first "
+                    "step); take a step before capturing and use a tensor lr instead of a schedule"
+                )
+            if found_inf.item() != 0:
+                return _core.STEP_SKIPPED
+        if plan.schedule_set is not None:
+            status = self._apply_schedules_on_host(plan)
+            if status != _core.STEP_TAKEN:
+                return status
+        if isinstance(coef, torch.Tensor):
+            coef_ptr = coef.data_ptr()
+        elif coef != 1.0:
+            coef = torch.tensor(coef, dtype=torch.float64, device=device)
+            coef_ptr = coef.data_ptr()
+        else:
+            coef_ptr = 0
+        self._launch(plan, gs, fi, coef_ptr, backend.stream(device), device_index(device))
+        return _core.STEP_TAKEN
+
+    def _check_capture(self, plan: _Plan) -> None:
+        """What a CUDA graph of this step would freeze must not change between replays."""
+        if plan.scheduled:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() is being captured in a CUDA graph, but fused "
+                "schedules (schedule=) are evaluated on the host at each step and would be "
+                "frozen in the graph: use a float32 lr tensor on the device, updated by a "
+                "scheduler, instead"
+            )
+
+    def _needs_found_inf(self, plan: _Plan) -> bool:
+        return False
 
     def _discard(self, plan: _Plan) -> None:
         """A refused step: undo the state ``plan`` created in Python, and drop the plan."""
@@ -559,6 +631,8 @@ class _FusedOptimizer(Optimizer):
             self._set_clip(plan, pending * self._clip_coefficient(full, limit))
             self._keep_no_state(plan)
             return total
+        if plan.table.backend is not None:
+            return self._clip_on_device(plan, limit, p, error_if_nonfinite, pending)
         if p == 0:
             # torch's 0-"norm" of the per-tensor norms: how many grads have a nonzero element
             norm = float(sum(bool(g.count_nonzero()) for g in self._grads_of(plan)))
@@ -587,15 +661,74 @@ class _FusedOptimizer(Optimizer):
         self._keep_no_state(plan)
         return total
 
+    def _clip_on_device(
+        self, plan: _Plan, limit: float, p: float, error_if_nonfinite: bool, pending: Any
+    ) -> torch.Tensor:
+        """clip_grad_norm_ on a CUDA device: the norm reduced by pylr's kernels (in double, as on
+        the CPU), the coefficient computed by torch ops on the device and left there for the
+        step — no host sync unless ``error_if_nonfinite`` asks for the norm's value (as torch's
+        does)."""
+        table = plan.table
+        backend, device = table.backend, table.device
+        if p == 0:
+            # torch's 0-"norm" of the per-tensor norms: how many grads have a nonzero element
+            nonzero = [torch.count_nonzero(g) > 0 for g in self._grads_of(plan)]
+            norm = torch.stack(nonzero).sum(dtype=torch.float64)
+            if isinstance(pending, torch.Tensor):
+                norm = torch.where(pending == 0, 0.0, norm)
+            elif pending == 0:
+                norm = torch.zeros_like(norm)
+        else:
+            if (p < 0 or p == math.inf) and (table.table[:, _plan.COL_NUMEL] == 0).any():
+                raise RuntimeError(
+                    f"clip_grad_norm_ cannot compute the {p} norm over an empty grad because "
+                    "the operation does not have an identity"
+                )
+            if plan.partials is None:
+                n = max(1, backend.norm_partials(table.table))
+                plan.partials = torch.empty(n, dtype=torch.float64, device=device)
+                plan.norm_out = torch.empty((), dtype=torch.float64, device=device)
+            out = plan.norm_out
+            assert out is not None
+            backend.grad_norm(
+                table.table,
+                _NORM_KINDS.get(p, _core.NORM_P),
+                p,
+                plan.partials.data_ptr(),
+                plan.partials.numel(),
+                out.data_ptr(),
+                backend.stream(device),
+                device_index(device),
+            )
+            # the grads the step will use: a pending coefficient scales them
+            norm = out * pending
+        total = norm.to(plan.grad_dtype)
+        if error_if_nonfinite and not bool(torch.isfinite(norm)):
+            raise RuntimeError(
+                f"The total norm of order {p} for gradients from `parameters` is non-finite, "
+                "so it cannot be clipped. To disable this error and scale the gradients by the "
+                "non-finite norm anyway, set `error_if_nonfinite=False`"
+            )
+        # _clip_coefficient's arithmetic, on the device
+        wide = torch.float64 if total.dtype == torch.float64 else torch.float32
+        coef = torch.clamp(1.0 / (total.to(wide) + 1e-6) * limit, max=1.0)
+        self._set_clip(plan, coef.to(torch.float64) * pending)
+        self._keep_no_state(plan)
+        return total
+
     def _keep_no_state(self, plan: _Plan) -> None:
         # a plan built for clip_grad_norm_ alone may have created state: torch's clip creates
         # none, so it goes until a step (which builds the plan again)
         if plan.created:
             self._discard(plan)
 
-    def _set_clip(self, plan: _Plan, coef: float) -> None:
-        # a coefficient of 1 changes nothing, whatever happens to the grads before the step
-        self._clip = None if coef == 1.0 else (coef, _core.GradMark(plan.params))
+    def _set_clip(self, plan: _Plan, coef: float | torch.Tensor) -> None:
+        # a coefficient of 1 changes nothing, whatever happens to the grads before the step (a
+        # CUDA coefficient stays on the device unread: comparing it would wait for it)
+        if not isinstance(coef, torch.Tensor) and coef == 1.0:
+            self._clip = None
+        else:
+            self._clip = (coef, _core.GradMark(plan.params))
 
     def _pending_clip(self, plan: _Plan, *, clipping: bool = False) -> float:
         """The pending clip_grad_norm_ coefficient for ``plan``'s grads (1 when none is
@@ -852,6 +985,7 @@ class _FusedOptimizer(Optimizer):
             plan.row_values = [None] * len(groups)
         get_row, get_seen = self._get_row, self._get_seen
         scheduled = plan.scheduled_momentum
+        on_device, device = plan.table.backend is not None, plan.table.device
         plan.seen = seen = []
         for gi, group in enumerate(groups):
             raw = get_row(group)
@@ -868,12 +1002,36 @@ class _FusedOptimizer(Optimizer):
                     m, fill = raw[at], self._momentum_placeholder
                     raw[at] = (fill, *m[1:]) if isinstance(m, (tuple, list)) else fill
                 raw = tuple(raw)
+            if on_device:
+                # an lr tensor on the device is read by the kernels at each step (a tensor lr
+                # is not plain: such a group is never skipped by the seen check)
+                scheduled_lr = has_momentum is not None
+                address = 0 if scheduled_lr else self._lr_on_device(gi, raw[0], device)
+                plan.lr_on_device[gi] = address
+                if address:
+                    raw = (0.0, *raw[1:])
             values = raw if plain else tuple(map(scalar_value, raw))
             if values != plan.row_values[gi]:
                 plan.groups[gi] = self._group_row(*raw)
                 plan.row_values[gi] = values
 
-    # subclasses: _group_keys, _group_row, _plan_flags, _build_plan, _run, _after_step
+    @staticmethod
+    def _lr_on_device(gi: int, lr: Any, device: torch.device) -> int:
+        """The address of a group's lr when it is a tensor on the params' device (the kernels
+        read it at each step, so a scheduler's ``fill_`` needs no host sync), else 0 (a number,
+        or a CPU tensor, read by value)."""
+        if not isinstance(lr, torch.Tensor) or (lr.device.type == "cpu" != device.type):
+            return 0
+        if lr.device != device or lr.dtype != torch.float32 or lr.numel() != 1:
+            raise TypeError(
+                f"param_groups[{gi}]['lr'] is a {lr.dtype} tensor of {lr.numel()} elements on "
+                f"{lr.device}; an lr tensor on a CUDA device must be a 1-element float32 "
+                f"tensor on the params' device ({device})"
+            )
+        return lr.data_ptr()
+
+    # subclasses: _group_keys, _group_row, _plan_flags, _build_plan, _run, _after_step,
+    # _launch, _apply_schedules_on_host
 
 
 class Adam(_FusedOptimizer):
@@ -1032,10 +1190,11 @@ class Adam(_FusedOptimizer):
                 else None
                 for s, r, label, p in zip(existing, rows, labels, params, strict=True)
             ],
-            # a float64 or device step converts below (as torch's load_state_dict does)
+            # a float64 step, or one off its param's device, converts below (as torch's
+            # load_state_dict does): CUDA params count their steps on their device
             [
-                None if s is None or s.dtype != torch.float32 or s.device.type != "cpu" else s
-                for s in steps
+                None if s is None or s.dtype != torch.float32 or s.device != lp.device else s
+                for s, lp in zip(steps, local_params, strict=True)
             ],
         ]
         names = ("params", "grads", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step")
@@ -1049,7 +1208,7 @@ class Adam(_FusedOptimizer):
             state = self.state[p]
             if existing[i] is None:
                 state.clear()
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=local_params[i].device)
                 zeros = functools.partial(
                     torch.zeros_like, p, dtype=new_dtypes[i], memory_format=torch.preserve_format
                 )
@@ -1058,7 +1217,7 @@ class Adam(_FusedOptimizer):
                 if amsgrad[r]:
                     state["max_exp_avg_sq"] = zeros()
             elif columns[5][i] is None:
-                state["step"] = state["step"].to("cpu", torch.float32)
+                state["step"] = state["step"].to(local_params[i].device, torch.float32)
             columns[2][i] = shard("exp_avg", state["exp_avg"], p)
             columns[3][i] = shard("exp_avg_sq", state["exp_avg_sq"], p)
             columns[4][i] = (
@@ -1090,6 +1249,32 @@ class Adam(_FusedOptimizer):
             plan.schedule_set,
             plan.schedule_steps,
         )
+
+    def _apply_schedules_on_host(self, plan: _Plan) -> int:
+        return _core.adam_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)
+
+    def _launch(
+        self, plan: _Plan, grad_scale: int, found_inf: int, coef: int, stream: int, device: int
+    ) -> None:
+        plan.table.backend.adam_step(
+            plan.table.table,
+            plan.groups,
+            plan.lr_on_device,
+            grad_scale,
+            found_inf,
+            coef,
+            stream,
+            device,
+        )
+
+    def _check_capture(self, plan: _Plan) -> None:
+        if not all(group["capturable"] for group in self.param_groups):
+            # torch's words (torch.optim.optimizer._cuda_graph_capture_health_check)
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of {type(self).__name__}"
+                " but param_groups' capturable is False."
+            )
+        super()._check_capture(plan)
 
     def _after_step(self, plan: _Plan) -> None:
         pass
@@ -1273,11 +1458,14 @@ class SGD(_FusedOptimizer):
         plan.fresh = fresh
         return plan
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
+    def _set_rounding_steps(self, plan: _Plan) -> None:
         # bfloat16 buffers rounded stochastically: the group's step count feeds the random bits
         for gi, group in enumerate(self.param_groups):
             if group["state_dtype"] == torch.bfloat16:
                 plan.groups[gi, _SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (2**32)
+
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
+        self._set_rounding_steps(plan)
         return _core.sgd_step(
             plan.table.table,
             plan.groups,
@@ -1286,6 +1474,31 @@ class SGD(_FusedOptimizer):
             coef,
             plan.schedule_set,
             plan.schedule_steps,
+        )
+
+    def _apply_schedules_on_host(self, plan: _Plan) -> int:
+        return _core.sgd_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)
+
+    def _needs_found_inf(self, plan: _Plan) -> bool:
+        # a first step fills new buffers, which enter the state only if it is taken; the
+        # rounding step of bfloat16 buffers counts the steps taken
+        return bool(plan.fresh) or any(
+            group["state_dtype"] == torch.bfloat16 for group in self.param_groups
+        )
+
+    def _launch(
+        self, plan: _Plan, grad_scale: int, found_inf: int, coef: int, stream: int, device: int
+    ) -> None:
+        self._set_rounding_steps(plan)
+        plan.table.backend.sgd_step(
+            plan.table.table,
+            plan.groups,
+            plan.lr_on_device,
+            grad_scale,
+            found_inf,
+            coef,
+            stream,
+            device,
         )
 
     def _after_step(self, plan: _Plan) -> None:

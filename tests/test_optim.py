@@ -520,7 +520,7 @@ def test_unsupported_tensors_are_named():
     opt = PO.SGD([half_int], lr=0.1)
     meta = torch.nn.Parameter(torch.empty(3, device="meta"))
     meta.grad = torch.empty(3, device="meta")
-    with pytest.raises(RuntimeError, match=r"meta.*CPU tensors only"):
+    with pytest.raises(RuntimeError, match=r"meta.*CPU and CUDA tensors only"):
         PO.SGD([meta], lr=0.1).step()
     del opt
 

@@ -124,12 +124,10 @@ inline StateRounding state_rounding(const std::int64_t* r, bool stochastic, doub
     s.stochastic = stochastic;
     s.first = first;
     if (stochastic) {
-        const std::uint32_t tensor =
-            mix32(static_cast<std::uint32_t>(seed) ^ mix32(static_cast<std::uint32_t>(r[kColSalt])));
+        const std::uint32_t tensor = rounding_tensor_hash(static_cast<std::uint32_t>(seed),
+                                                          static_cast<std::uint32_t>(r[kColSalt]));
         const auto t = static_cast<std::uint32_t>(step);
-        for (std::uint32_t j = 0; j < 3; ++j) {
-            s.stream[j] = mix32(tensor ^ mix32(t + 0x9e3779b9u * (j + 1)));
-        }
+        for (std::uint32_t j = 0; j < 3; ++j) s.stream[j] = rounding_stream(tensor, t, j);
     }
     return s;
 }
@@ -151,13 +149,8 @@ const char* kernel_isa() noexcept {
     return "generic";
 }
 
-namespace {
-
-// The fused schedules' values written into the groups' rows: the lr, and the momentum where the
-// schedule has one (SGD's momentum, Adam's beta1, which must stay below 1). All are checked
-// before any is written. Returns kStepTaken, or kBadSchedule - g for the first bad group.
 int apply_schedules(const StepArgs& a, int columns, int lr_col, int momentum_col,
-                    bool momentum_below_one) {
+                    bool momentum_below_one) noexcept {
     if (a.schedules == nullptr) return kStepTaken;
     for (std::int64_t g = 0; g < a.n_groups; ++g) {
         const ScheduleNode* node = a.schedules[g];
@@ -182,6 +175,8 @@ int apply_schedules(const StepArgs& a, int columns, int lr_col, int momentum_col
     return kStepTaken;
 }
 
+namespace {
+
 inline double inverse_scale(const StepArgs& a) {
     return (a.grad_scale != nullptr ? 1.0 / static_cast<double>(*a.grad_scale) : 1.0) *
            a.grad_coef;
@@ -202,12 +197,7 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
         const std::int64_t* r = row(table, i);
         const double* g = groups + r[kColGroup] * kAdamGroupColumns;
         const auto dtype = static_cast<DType>(r[kColDType]);
-        const double lr = g[kAdamLr], beta1 = g[kAdamBeta1], beta2 = g[kAdamBeta2];
         const double step = static_cast<double>(*ptr<float>(r, kColStep));
-        // bias_correction1 = 1 - beta1 ** step; step_size = lr / bias_correction1
-        const double bias_correction1 = 1.0 - std::pow(beta1, step);
-        // bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
-        const double bias_correction2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
         AdamSegment seg;
         seg.param = advance(ptr<void>(r, kColParam), b, dtype);
         seg.grad = advance(ptr<void>(r, kColGrad), b, dtype);
@@ -220,14 +210,9 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
         seg.max_exp_avg_sq = advance(ptr<void>(r, kColState2), b, state_dtype);
         seg.decoupled = g[kAdamDecoupled] != 0.0;
         seg.amsgrad = g[kAdamAmsgrad] != 0.0;
-        seg.grad_factor = (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;
-        seg.weight_decay = g[kAdamWeightDecay];
-        seg.decay_factor = 1.0 - lr * g[kAdamWeightDecay];
-        seg.beta1 = beta1;
-        seg.beta2 = beta2;
-        seg.neg_step_size = -(lr / bias_correction1);
-        seg.bias_correction2_sqrt = bias_correction2_sqrt;
-        seg.eps = g[kAdamEps];
+        seg.scalars = adam_step_scalars(g[kAdamLr], g[kAdamBeta1], g[kAdamBeta2], g[kAdamEps],
+                                        g[kAdamWeightDecay],
+                                        (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, step);
         adam(seg);
     });
     return kStepTaken;
@@ -254,19 +239,11 @@ int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noe
         seg.momentum_buffer = advance(ptr<void>(r, kColState0), b, seg.state.dtype);
         seg.nesterov = g[kSgdNesterov] != 0.0;
         seg.first_step = r[kColFirst] != 0;
-        seg.grad_factor = (g[kSgdMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale;
-        seg.weight_decay = g[kSgdWeightDecay];
-        seg.momentum = g[kSgdMomentum];
-        seg.dampening = g[kSgdDampening];
-        seg.lr = g[kSgdLr];
+        seg.scalars = {(g[kSgdMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, g[kSgdWeightDecay],
+                       g[kSgdMomentum], g[kSgdDampening], g[kSgdLr]};
         sgd(seg);
     });
-    // a buffer was filled where the row's momentum was not 0 on this step (a fused schedule's
-    // may be): those rows are past their first step
-    for (std::int64_t i = 0; i < n_rows; ++i) {
-        std::int64_t* r = table + i * kTableColumns;
-        if (groups[r[kColGroup] * kSgdGroupColumns + kSgdMomentum] != 0.0) r[kColFirst] = 0;
-    }
+    clear_filled_first_steps(table, n_rows, groups);
     return kStepTaken;
 }
 

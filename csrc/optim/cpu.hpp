@@ -61,6 +61,14 @@ constexpr int kStepTaken = 1;
 constexpr int kStepSkipped = 0;
 constexpr int kBadSchedule = -1;
 
+// The fused schedules of `args` evaluated (each group's at its schedule step) and written into
+// the group rows: the lr at lr_col, the momentum (where the schedule has one) at momentum_col —
+// below 1 when momentum_below_one (Adam's beta1). Every value is checked before any is written.
+// Returns kStepTaken, or kBadSchedule - g for the first group whose value is invalid. The steps
+// below call it first; the CUDA step (pylr._cuda) has it called before its launches.
+int apply_schedules(const StepArgs& args, int columns, int lr_col, int momentum_col,
+                    bool momentum_below_one) noexcept;
+
 // One Adam/AdamW step over all rows of `table`. Increments every step counter, then updates;
 // each grad is read times grad_coef and divided by *grad_scale.
 int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
@@ -68,6 +76,16 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
 // One SGD step over all rows of `table`, the same contract. Clears kColFirst after the step
 // in the rows whose group momentum was not 0 (their buffers were filled).
 int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noexcept;
+
+// After an SGD step (on the CPU or a CUDA device): kColFirst cleared in the rows whose group
+// momentum was not 0 on this step (a fused schedule's may be) — their buffers were filled.
+inline void clear_filled_first_steps(std::int64_t* table, std::int64_t n_rows,
+                                     const double* groups) noexcept {
+    for (std::int64_t i = 0; i < n_rows; ++i) {
+        std::int64_t* r = table + i * kTableColumns;
+        if (groups[r[kColGroup] * kSgdGroupColumns + kSgdMomentum] != 0.0) r[kColFirst] = 0;
+    }
+}
 
 // The gradient norm over every row (torch.linalg.vector_norm of all grads concatenated, as
 // torch.nn.utils.clip_grad_norm_ computes it): kind is a NormKind (p for NormKind::P). Fixed

@@ -1,8 +1,13 @@
 // What the multi-tensor driver (cpu.cpp) hands a CPU kernel: one contiguous segment of one tensor
-// with its scalars in double, and the table of kernels each instruction set provides.
+// with its scalars in double, and the table of kernels each instruction set provides. The scalar
+// formulas, the stochastic-rounding hashes and the norm's terms here are shared with the CUDA
+// kernels (csrc/cuda/): __host__ __device__ under nvcc.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+
+#include "optim/math.hpp"
 
 namespace pylr {
 namespace optim {
@@ -12,16 +17,25 @@ enum class DType : std::int64_t { Float32 = 0, Float64 = 1, BFloat16 = 2, Float1
 
 // A 32-bit integer hash with good avalanche (Wellons' lowbias32): the counter-based random bits
 // of stochastic rounding, the same on every instruction set (and under nvcc).
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline std::uint32_t mix32(std::uint32_t x) {
+PYLR_HD std::uint32_t mix32(std::uint32_t x) {
     x ^= x >> 16;
     x *= 0x7feb352du;
     x ^= x >> 15;
     x *= 0x846ca68bu;
     x ^= x >> 16;
     return x;
+}
+
+// Stochastic rounding's random bits (see StateRounding): the hash of (seed, tensor) ...
+PYLR_HD std::uint32_t rounding_tensor_hash(std::uint32_t seed, std::uint32_t salt) {
+    return mix32(seed ^ mix32(salt));
+}
+
+// ... and from it, at a step, the stream of state tensor j (exp_avg 0, exp_avg_sq 1,
+// max_exp_avg_sq 2; SGD's momentum_buffer 0). Element i draws element_bits(stream, i); which of
+// its bits a state uses, StateRounding says.
+PYLR_HD std::uint32_t rounding_stream(std::uint32_t tensor, std::uint32_t step, std::uint32_t j) {
+    return mix32(tensor ^ mix32(step + 0x9e3779b9u * (j + 1)));
 }
 
 // How optimizer state is stored and rounded: in the parameter's dtype (round to nearest even),
@@ -42,13 +56,64 @@ struct StateRounding {
     std::int64_t first;       // element index of the segment's first element in its tensor
 };
 
-// The 32 random bits of the segment's element i (index first + i in its tensor, modulo 2^32)
-// for stream `stream`.
-#if defined(__CUDACC__)
-__host__ __device__
-#endif
-inline std::uint32_t element_bits(const StateRounding& r, int stream, std::uint32_t i) {
-    return mix32((static_cast<std::uint32_t>(r.first) + i) ^ r.stream[stream]);
+// The 32 random bits of element `element` of a state tensor (its index in the tensor, modulo
+// 2^32) for a stream's hash: the CPU loops and the CUDA kernels draw the same bits.
+PYLR_HD std::uint32_t element_bits(std::uint32_t stream, std::int64_t element) {
+    return mix32(static_cast<std::uint32_t>(element) ^ stream);
+}
+
+// The same for the segment's element i (index first + i in its tensor) for stream `stream`.
+PYLR_HD std::uint32_t element_bits(const StateRounding& r, int stream, std::uint32_t i) {
+    return element_bits(r.stream[stream], r.first + static_cast<std::int64_t>(i));
+}
+
+// One Adam tensor's scalars for one step, in double as torch computes them in Python.
+struct AdamStepScalars {
+    double grad_factor;  // sign / grad_scale (times clip_grad_norm_'s coefficient)
+    double weight_decay;
+    double decay_factor;  // 1 - lr * weight_decay
+    double beta1;
+    double beta2;
+    double neg_step_size;  // -lr / (1 - beta1^step)
+    double bias_correction2_sqrt;
+    double eps;
+};
+
+// The scalars of a tensor whose step counter reads `step` (after its increment).
+PYLR_HD AdamStepScalars adam_step_scalars(double lr, double beta1, double beta2, double eps,
+                                          double weight_decay, double grad_factor, double step) {
+    // bias_correction1 = 1 - beta1 ** step; step_size = lr / bias_correction1
+    const double bias_correction1 = 1.0 - std::pow(beta1, step);
+    // bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
+    const double bias_correction2_sqrt = std::pow(1.0 - std::pow(beta2, step), 0.5);
+    return {grad_factor, weight_decay,           1.0 - lr * weight_decay,
+            beta1,       beta2,                  -(lr / bias_correction1),
+            bias_correction2_sqrt, eps};
+}
+
+// The same scalars in the compute type, each rounded once from double.
+template <typename C>
+PYLR_HD AdamScalars<C> compute_scalars(const AdamStepScalars& d) {
+    return AdamScalars<C>{static_cast<C>(d.grad_factor),  static_cast<C>(d.weight_decay),
+                          static_cast<C>(d.decay_factor), static_cast<C>(1.0 - d.beta1),
+                          static_cast<C>(d.beta2),        static_cast<C>(1.0 - d.beta2),
+                          static_cast<C>(d.neg_step_size),
+                          static_cast<C>(d.bias_correction2_sqrt), static_cast<C>(d.eps)};
+}
+
+struct SgdStepScalars {
+    double grad_factor;  // sign / grad_scale (times clip_grad_norm_'s coefficient)
+    double weight_decay;
+    double momentum;
+    double dampening;
+    double lr;
+};
+
+template <typename C>
+PYLR_HD SgdScalars<C> compute_scalars(const SgdStepScalars& d) {
+    return SgdScalars<C>{static_cast<C>(d.grad_factor), static_cast<C>(d.weight_decay),
+                         static_cast<C>(d.momentum), static_cast<C>(1.0 - d.dampening),
+                         static_cast<C>(-d.lr)};
 }
 
 struct AdamSegment {
@@ -62,14 +127,7 @@ struct AdamSegment {
     StateRounding state;
     bool decoupled;
     bool amsgrad;
-    double grad_factor;  // sign / grad_scale
-    double weight_decay;
-    double decay_factor;
-    double beta1;
-    double beta2;
-    double neg_step_size;
-    double bias_correction2_sqrt;
-    double eps;
+    AdamStepScalars scalars;
 };
 
 struct SgdSegment {
@@ -81,16 +139,37 @@ struct SgdSegment {
     StateRounding state;
     bool nesterov;
     bool first_step;
-    double grad_factor;  // sign / grad_scale
-    double weight_decay;
-    double momentum;
-    double dampening;
-    double lr;
+    SgdStepScalars scalars;
 };
 
 // Which norm of the gradients (torch.linalg.vector_norm's ord): p = 2, 1, inf, -inf or any
 // other nonzero p (sum of |x|^p).
 enum class NormKind : int { Two = 0, One = 1, Inf = 2, NegInf = 3, P = 4 };
+
+// One element's term of the norm (x widened to double) and how terms accumulate: max / min of
+// |x| that keep a NaN (for the Inf / NegInf kinds), or sums.
+template <NormKind Kind>
+PYLR_HD double norm_term(double x, double p) {
+    const double a = std::fabs(x);
+    switch (Kind) {
+        case NormKind::Two: return x * x;
+        case NormKind::P: return std::pow(a, p);
+        default: return a;
+    }
+}
+
+template <NormKind Kind>
+PYLR_HD double norm_combine(double acc, double t) {
+    if (Kind == NormKind::Inf) return (t > acc || t != t) && acc == acc ? t : acc;
+    if (Kind == NormKind::NegInf) return (t < acc || t != t) && acc == acc ? t : acc;
+    return acc + t;
+}
+
+// The accumulator of no elements.
+template <NormKind Kind>
+PYLR_HD double norm_identity() {
+    return Kind == NormKind::NegInf ? HUGE_VAL : 0.0;
+}
 
 struct NormSegment {
     const void* grad;

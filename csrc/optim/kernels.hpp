@@ -4,7 +4,7 @@
 // a portable baseline; cpu.cpp picks one at run time from CPU detection.
 //
 // Storage types are widened to the compute type (float, or double for float64), updated by the
-// math in math.hpp, and narrowed back with round-to-nearest-even.
+// math in math.hpp, and narrowed back with round-to-nearest-even (storage.hpp).
 #pragma once
 
 #include <cmath>
@@ -14,6 +14,7 @@
 
 #include "optim/kernel_api.hpp"
 #include "optim/math.hpp"
+#include "optim/storage.hpp"
 
 #ifndef PYLR_KERNEL_NS
 #error "define PYLR_KERNEL_NS before including optim/kernels.hpp"
@@ -23,126 +24,6 @@ namespace pylr {
 namespace optim {
 namespace PYLR_KERNEL_NS {
 namespace {
-
-struct BFloat16 {
-    std::uint16_t bits;
-};
-struct Float16 {
-    std::uint16_t bits;
-};
-
-template <typename S>
-struct ComputeOf {
-    using type = float;
-};
-template <>
-struct ComputeOf<double> {
-    using type = double;
-};
-
-inline float load(float x) { return x; }
-inline double load(double x) { return x; }
-inline float load(BFloat16 x) {
-    const std::uint32_t u = static_cast<std::uint32_t>(x.bits) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-#if defined(__FLT16_MAX__)
-// The compiler's half type: F16C / AVX-512 conversions where the target has them.
-inline float load(Float16 x) {
-    _Float16 h;
-    std::memcpy(&h, &x.bits, sizeof h);
-    return static_cast<float>(h);
-}
-#else
-// IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
-inline float load(Float16 x) {
-    const std::uint32_t sign = static_cast<std::uint32_t>(x.bits & 0x8000u) << 16;
-    std::uint32_t exp = (x.bits >> 10) & 0x1fu, mant = x.bits & 0x3ffu, u;
-    if (exp == 0x1f) {
-        u = sign | 0x7f800000u | (mant << 13);
-    } else if (exp != 0) {
-        u = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (mant == 0) {
-        u = sign;
-    } else {  // subnormal: normalise
-        exp = 113;
-        while ((mant & 0x400u) == 0) {
-            mant <<= 1;
-            --exp;
-        }
-        u = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
-    }
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-}
-#endif
-
-inline void store(float& dst, float v) { dst = v; }
-inline void store(double& dst, double v) { dst = v; }
-inline void store(BFloat16& dst, float v) {
-    std::uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    // round to nearest even on the 16 dropped bits; NaN stays a (quiet) NaN
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);
-}
-#if defined(__FLT16_MAX__)
-inline void store(Float16& dst, float v) {
-    const _Float16 h = static_cast<_Float16>(v);  // IEEE round to nearest even
-    std::memcpy(&dst.bits, &h, sizeof h);
-}
-#else
-// binary32 -> binary16 with round to nearest even, overflow to infinity, NaN kept quiet.
-inline void store(Float16& dst, float v) {
-    std::uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    const std::uint32_t sign = (u >> 16) & 0x8000u;
-    const std::uint32_t abs = u & 0x7fffffffu;
-    std::uint32_t h;
-    if (abs > 0x7f800000u) {
-        h = 0x7e00u;  // NaN
-    } else if (abs >= 0x477ff000u) {
-        h = 0x7c00u;  // rounds to infinity (or is one)
-    } else if (abs >= 0x38800000u) {  // normal half
-        const std::uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u);
-        h = (r - 0x38000000u) >> 13;
-    } else if (abs > 0x33000000u) {  // subnormal half
-        const std::uint32_t e = abs >> 23, m = (abs & 0x7fffffu) | 0x800000u;
-        const std::uint32_t shift = 126u - e;  // 14..24
-        const std::uint32_t half = 1u << (shift - 1);
-        const std::uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u);
-        h = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
-    } else {
-        h = 0;  // rounds to zero
-    }
-    dst.bits = static_cast<std::uint16_t>(sign | h);
-}
-#endif
-
-// bfloat16 from float32 rounded stochastically with the random bits r (see StateRounding):
-// r's low 16 bits are added below the kept ones, then dropped; NaN stays a (quiet) NaN, and
-// infinities stay infinite.
-inline void store_stochastic(BFloat16& dst, float v, std::uint32_t r) {
-    std::uint32_t u;
-    std::memcpy(&u, &v, sizeof u);
-    const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
-    dst.bits = static_cast<std::uint16_t>(nan ? ((u >> 16) | 0x40u) : ((u + (r & 0xffffu)) >> 16));
-}
-
-// A state element back to storage: rounded stochastically with the random bits r (bfloat16
-// storage of StateRounding's stochastic mode; only r's low 16 bits are used) or to nearest even.
-template <bool Stochastic, typename T, typename C>
-inline void store_state(T& dst, C v, [[maybe_unused]] std::uint32_t r) {
-    if constexpr (Stochastic) {
-        store_stochastic(dst, static_cast<float>(v), r);
-    } else {
-        store(dst, v);
-    }
-}
 
 // Element i's random bits for state stream `stream` of StateRounding (0 without stochastic
 // rounding, where nothing uses them).
@@ -160,12 +41,7 @@ inline std::uint32_t rounding_bits(const StateRounding& rounding, int stream, st
 template <typename S, typename T, bool Stochastic, bool Decoupled, bool HasWd, bool Amsgrad>
 void adam_loop(const AdamSegment& seg) {
     using C = typename ComputeOf<S>::type;
-    const AdamScalars<C> s{
-        static_cast<C>(seg.grad_factor),  static_cast<C>(seg.weight_decay),
-        static_cast<C>(seg.decay_factor), static_cast<C>(1.0 - seg.beta1),
-        static_cast<C>(seg.beta2),
-        static_cast<C>(1.0 - seg.beta2),  static_cast<C>(seg.neg_step_size),
-        static_cast<C>(seg.bias_correction2_sqrt), static_cast<C>(seg.eps)};
+    const AdamScalars<C> s = compute_scalars<C>(seg.scalars);
     S* __restrict p = static_cast<S*>(seg.param);
     const S* __restrict g = static_cast<const S*>(seg.grad);
     T* __restrict m = static_cast<T*>(seg.exp_avg);
@@ -189,9 +65,7 @@ template <typename S, typename T, bool Stochastic, bool HasWd, bool HasMomentum,
           bool First>
 void sgd_loop(const SgdSegment& seg) {
     using C = typename ComputeOf<S>::type;
-    const SgdScalars<C> s{static_cast<C>(seg.grad_factor), static_cast<C>(seg.weight_decay),
-                          static_cast<C>(seg.momentum), static_cast<C>(1.0 - seg.dampening),
-                          static_cast<C>(-seg.lr)};
+    const SgdScalars<C> s = compute_scalars<C>(seg.scalars);
     S* __restrict p = static_cast<S*>(seg.param);
     const S* __restrict g = static_cast<const S*>(seg.grad);
     T* __restrict buf = static_cast<T*>(seg.momentum_buffer);
@@ -200,14 +74,16 @@ void sgd_loop(const SgdSegment& seg) {
         C bi = (HasMomentum && !First) ? load(buf[i]) : C(0);
         sgd_update<C, HasWd, HasMomentum, Nesterov, First>(pi, load(g[i]), bi, s);
         store(p[i], pi);
-        if (HasMomentum) store_state<Stochastic>(buf[i], bi, rounding_bits<Stochastic>(seg.state, 0, i));
+        if (HasMomentum) {
+            store_state<Stochastic>(buf[i], bi, rounding_bits<Stochastic>(seg.state, 0, i));
+        }
     }
 }
 
 // Flags -> template arguments.
 template <typename S, typename T, bool Stochastic>
 void adam_flags(const AdamSegment& seg) {
-    const int key = (seg.decoupled ? 4 : 0) | (seg.weight_decay != 0.0 ? 2 : 0) |
+    const int key = (seg.decoupled ? 4 : 0) | (seg.scalars.weight_decay != 0.0 ? 2 : 0) |
                     (seg.amsgrad ? 1 : 0);
     switch (key) {
         case 0: return adam_loop<S, T, Stochastic, false, false, false>(seg);
@@ -223,8 +99,8 @@ void adam_flags(const AdamSegment& seg) {
 
 template <typename S, typename T, bool Stochastic>
 void sgd_flags(const SgdSegment& seg) {
-    const bool mom = seg.momentum != 0.0;
-    const int key = (seg.weight_decay != 0.0 ? 8 : 0) | (mom ? 4 : 0) |
+    const bool mom = seg.scalars.momentum != 0.0;
+    const int key = (seg.scalars.weight_decay != 0.0 ? 8 : 0) | (mom ? 4 : 0) |
                     (mom && seg.nesterov ? 2 : 0) | (mom && seg.first_step ? 1 : 0);
     switch (key) {
         case 0: return sgd_loop<S, T, Stochastic, false, false, false, false>(seg);
@@ -284,29 +160,18 @@ double norm_loop(const S* __restrict g, std::int64_t n, double p) {
     constexpr int kLanes = 8;
     const bool extremum = Kind == NormKind::Inf || Kind == NormKind::NegInf;
     double acc[kLanes];
-    for (int j = 0; j < kLanes; ++j) acc[j] = Kind == NormKind::NegInf ? HUGE_VAL : 0.0;
-    auto term = [p](double x) {
-        const double a = std::fabs(x);
-        switch (Kind) {
-            case NormKind::Two: return x * x;
-            case NormKind::P: return std::pow(a, p);
-            default: return a;
-        }
-    };
-    auto combine = [](double acc_j, double t) {
-        if (Kind == NormKind::Inf) return (t > acc_j || t != t) && acc_j == acc_j ? t : acc_j;
-        if (Kind == NormKind::NegInf) return (t < acc_j || t != t) && acc_j == acc_j ? t : acc_j;
-        return acc_j + t;
-    };
+    for (int j = 0; j < kLanes; ++j) acc[j] = norm_identity<Kind>();
     std::int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes) {
         for (int j = 0; j < kLanes; ++j) {
-            acc[j] = combine(acc[j], term(static_cast<double>(load(g[i + j]))));
+            acc[j] = norm_combine<Kind>(acc[j], norm_term<Kind>(static_cast<double>(load(g[i + j])), p));
         }
     }
-    for (int j = 0; i < n; ++i, ++j) acc[j] = combine(acc[j], term(static_cast<double>(load(g[i]))));
+    for (int j = 0; i < n; ++i, ++j) {
+        acc[j] = norm_combine<Kind>(acc[j], norm_term<Kind>(static_cast<double>(load(g[i])), p));
+    }
     double total = acc[0];
-    for (int j = 1; j < kLanes; ++j) total = extremum ? combine(total, acc[j]) : total + acc[j];
+    for (int j = 1; j < kLanes; ++j) total = extremum ? norm_combine<Kind>(total, acc[j]) : total + acc[j];
     return total;
 }
 
