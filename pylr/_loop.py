@@ -342,6 +342,9 @@ class Pending:
                 if self._work is not None:
                     self._work.wait()
                 self._values = self._buf.tolist()
+            # the collective's handles go as soon as it is read: a gloo work freed only at
+            # interpreter exit, after destroy_process_group, can abort the process
+            self._work = self._event = self._host = None
         return self._values
 
 

@@ -56,6 +56,7 @@ def _worker(rank: int, port: int, fn_name: str, tmp: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     # a collective that one rank never joins fails after this instead of blocking the test
     timeout = datetime.timedelta(seconds=60)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timeout)
@@ -712,9 +713,18 @@ def test_the_readme_torchrun_example_runs(tmp_path):
     command = re.search(r"# train_ddp\.py: (torchrun [^\n]*)", script.group(1)).group(1).split()
     runner = [sys.executable, "-m", "torch.distributed.run", *command[1:]]
     assert "--standalone" in runner  # a free port, not torchrun's fixed default
-    proc = subprocess.run(
-        runner, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
-    )
+    for _attempt in range(3):
+        proc = subprocess.run(
+            runner, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+        )
+        # torch 2.13's gloo now and then aborts a rank at exit, after the script is done
+        # (about 1 run in 10 here when it ran lr_find): that exit alone is run again
+        teardown_abort = (
+            "terminate called without an active exception" in proc.stderr
+            and "valley " in proc.stdout
+        )
+        if not teardown_abort:
+            break
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert out.count("epoch 3/3") == 1 and out.count("valley ") == 1, out  # rank 0 only
