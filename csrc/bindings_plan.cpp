@@ -194,6 +194,7 @@ class PlanProof {
         const auto cells = static_cast<std::size_t>(n_rows_ * n_cols_);
         objects_.assign(cells, nullptr);
         lines_.assign(cells, Lines{});
+        last_grad_.assign(static_cast<std::size_t>(n_rows_), nullptr);
         itemsize_.assign(static_cast<std::size_t>(n_rows_), 0);
         contiguous_.assign(static_cast<std::size_t>(n_rows_), false);
         dtypes_.assign(static_cast<std::size_t>(n_rows_), nullptr);
@@ -311,8 +312,22 @@ class PlanProof {
                 if (PyList_GET_ITEM(params, i) != all_params_[k]) return false;
             }
         }
-        // the grads: a param without a row must have none, a row's param must have one
-        for (std::size_t j = 0; j < row_of_all_.size(); ++j) {
+        // the grads: a param without a row must have none, a row's param must have one. Reading
+        // p.grad walks the param's PyObject, TensorImpl and autograd metadata to the grad's
+        // TensorImpl and PyObject: the ones of the params ahead are prefetched (the grad as it
+        // was last time: a hint, never dereferenced here)
+        const std::size_t n_all = row_of_all_.size();
+        for (std::size_t j = 0; j < n_all; ++j) {
+            if (j + kPrefetchAhead < n_all) {
+                const std::size_t ahead = j + kPrefetchAhead;
+                prefetch(all_params_[ahead]);
+                const std::int64_t ra = row_of_all_[ahead];
+                if (ra >= 0) {
+                    prefetch_tensor(index(ra, kColParam));
+                    prefetch(lines_[index(ra, kColGrad)].impl);
+                    prefetch(last_grad_[static_cast<std::size_t>(ra)]);
+                }
+            }
             PyObject* p = all_params_[j];
             const std::int64_t r = row_of_all_[j];
             PyObject* g = get_attribute(api.grad, p);
@@ -327,6 +342,7 @@ class PlanProof {
                 }
                 hold(index(r, kColParam), p);
                 current_[index(r, kColGrad)] = g;
+                last_grad_[static_cast<std::size_t>(r)] = g;
             }
         }
         if (rows_with_state_ > 0 && !collect_state(state)) return release(fail());
@@ -440,14 +456,27 @@ class PlanProof {
         // a second cursor a few entries ahead prefetches the per-param dicts
         Py_ssize_t ahead_pos = 0;
         PyObject *ahead_key = nullptr, *ahead_value = nullptr;
+        // and a third, half as far ahead, the keys table of a dict the second one fetched
+        Py_ssize_t near_pos = 0;
+        PyObject *near_key = nullptr, *near_value = nullptr;
         auto look_ahead = [&] {
             if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) {
                 prefetch(ahead_value);
             }
         };
+        auto look_near = [&] {
+            if (PyDict_Next(state.ptr(), &near_pos, &near_key, &near_value) &&
+                PyDict_CheckExact(near_value)) {
+                const void* keys = reinterpret_cast<PyDictObject*>(near_value)->ma_keys;
+                prefetch(keys);
+                prefetch(static_cast<const char*>(keys) + 64);
+            }
+        };
+        for (std::int64_t i = 0; i < kPrefetchAhead / 2; ++i) look_near();
         for (std::int64_t i = 0; i < kPrefetchAhead; ++i) look_ahead();
         while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
             look_ahead();
+            look_near();
             std::int64_t r = -1;
             if (k < expected_keys_.size() && key == expected_keys_[k]) {
                 r = expected_rows_[k];
@@ -555,6 +584,7 @@ class PlanProof {
     std::vector<int> state_cols_;
     std::vector<PyObject*> objects_;  // n_rows x n_cols tracked identities (no references)
     std::vector<PyObject*> current_;  // this verify's tensors, n_rows x n_cols
+    std::vector<PyObject*> last_grad_;  // each row's grad at the last verify (a prefetch hint)
     std::vector<py::object> held_;    // and the references that keep them alive meanwhile
     std::vector<Lines> lines_;        // n_rows x n_cols prefetch hints
     std::vector<PyObject*> dtypes_;   // each row's parameter dtype
