@@ -70,6 +70,21 @@ def adam_group_row(
     )
 
 
+def _run(plan: Any, kernel: str, groups: np.ndarray, grad_scale: Any, found_inf: Any) -> bool:
+    """One ``kernel`` ("adam" or "sgd") step over ``plan``'s table: the CPU's in this thread,
+    or launched on the device's current stream. False when AMP's ``found_inf`` skipped it (on
+    the CPU; a device reads it in the kernels)."""
+    device, backend = plan.device, plan.backend
+    gs = scalar_ptr(grad_scale, "grad_scale", device)
+    fi = scalar_ptr(found_inf, "found_inf", device)
+    if backend is None:
+        return _core.STEP_TAKEN == getattr(_core, f"{kernel}_step")(plan.table, groups, gs, fi)
+    getattr(backend, f"{kernel}_step")(
+        plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
+    )
+    return True
+
+
 def sgd_group_row(
     lr: Any,
     momentum: Any,
@@ -230,16 +245,7 @@ def adam_(
         list(state_steps),
     ]
     plan = _adam_table(columns, amsgrad)
-    device, backend = plan.device, plan.backend
-    gs = scalar_ptr(grad_scale, "grad_scale", device)
-    fi = scalar_ptr(found_inf, "found_inf", device)
-    if backend is None:
-        ok = _core.STEP_TAKEN == _core.adam_step(plan.table, groups, gs, fi)
-    else:
-        backend.adam_step(
-            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
-        )
-        ok = True
+    ok = _run(plan, "adam", groups, grad_scale, found_inf)
     if ok:
         written = (columns[0], *columns[2:])
         torch._C._increment_version([t for c in written for t in c if t is not None])
@@ -363,16 +369,7 @@ def sgd_(
                 columns[2][i] = momentum_buffer_list[i]
         plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
         _sgd_cache.plan = plan
-    device, backend = plan.device, plan.backend
-    gs = scalar_ptr(grad_scale, "grad_scale", device)
-    fi = scalar_ptr(found_inf, "found_inf", device)
-    if backend is None:
-        ok = _core.STEP_TAKEN == _core.sgd_step(plan.table, groups, gs, fi)
-    else:
-        backend.sgd_step(
-            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
-        )
-        ok = True
+    ok = _run(plan, "sgd", groups, grad_scale, found_inf)
     if ok:
         torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
     elif any(fresh):

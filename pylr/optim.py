@@ -237,10 +237,16 @@ class _FusedOptimizer(Optimizer):
     # from _group_keys: a group's values in that order, and where the momentum key sits
     _get_row: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
     _get_seen: ClassVar[Callable[[dict[str, Any]], tuple[Any, ...]]]
+    _kernel: ClassVar[str]
+    _core_step: ClassVar[Callable[..., int]]
+    _core_schedules: ClassVar[Callable[..., int]]
     _momentum_at: ClassVar[int]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "_kernel" in cls.__dict__:  # the C++ entry points of this algorithm
+            cls._core_step = staticmethod(getattr(_core, f"{cls._kernel}_step"))
+            cls._core_schedules = staticmethod(getattr(_core, f"{cls._kernel}_schedules"))
         if "_group_keys" in cls.__dict__:
             cls._get_row = operator.itemgetter(*cls._group_keys)
             cls._get_seen = operator.itemgetter(*cls._group_keys, "schedule")
@@ -1030,8 +1036,41 @@ class _FusedOptimizer(Optimizer):
             )
         return lr.data_ptr()
 
-    # subclasses: _group_keys, _group_row, _plan_flags, _build_plan, _run, _after_step,
-    # _launch, _apply_schedules_on_host
+    def _prepare_run(self, plan: _Plan) -> None:
+        """Per-step values the step reads beyond the group rows (SGD: bfloat16 rounding steps)."""
+
+    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
+        self._prepare_run(plan)
+        return self._core_step(
+            plan.table.table,
+            plan.groups,
+            grad_scale,
+            found_inf,
+            coef,
+            plan.schedule_set,
+            plan.schedule_steps,
+        )
+
+    def _apply_schedules_on_host(self, plan: _Plan) -> int:
+        return self._core_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)
+
+    def _launch(
+        self, plan: _Plan, grad_scale: int, found_inf: int, coef: int, stream: int, device: int
+    ) -> None:
+        self._prepare_run(plan)
+        getattr(plan.table.backend, f"{self._kernel}_step")(
+            plan.table.table,
+            plan.groups,
+            plan.lr_on_device,
+            grad_scale,
+            found_inf,
+            coef,
+            stream,
+            device,
+        )
+
+    # subclasses: _kernel ("adam" or "sgd"), _group_keys, _group_row, _plan_flags, _build_plan,
+    # _after_step, _prepare_run
 
 
 class Adam(_FusedOptimizer):
@@ -1047,6 +1086,7 @@ class Adam(_FusedOptimizer):
     """
 
     _group_columns = _core.ADAM_GROUP_COLUMNS
+    _kernel = "adam"
     _momentum_key = "betas"
     _momentum_placeholder = 0.0
     _schedule_columns = (_core.ADAM_COLUMNS["lr"], _core.ADAM_COLUMNS["beta1"])
@@ -1239,34 +1279,6 @@ class Adam(_FusedOptimizer):
         if group["betas"][0] != value:
             group["betas"] = (value, beta2)
 
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
-        return _core.adam_step(
-            plan.table.table,
-            plan.groups,
-            grad_scale,
-            found_inf,
-            coef,
-            plan.schedule_set,
-            plan.schedule_steps,
-        )
-
-    def _apply_schedules_on_host(self, plan: _Plan) -> int:
-        return _core.adam_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)
-
-    def _launch(
-        self, plan: _Plan, grad_scale: int, found_inf: int, coef: int, stream: int, device: int
-    ) -> None:
-        plan.table.backend.adam_step(
-            plan.table.table,
-            plan.groups,
-            plan.lr_on_device,
-            grad_scale,
-            found_inf,
-            coef,
-            stream,
-            device,
-        )
-
     def _check_capture(self, plan: _Plan) -> None:
         if not all(group["capturable"] for group in self.param_groups):
             # torch's words (torch.optim.optimizer._cuda_graph_capture_health_check)
@@ -1336,6 +1348,7 @@ class SGD(_FusedOptimizer):
     """
 
     _group_columns = _core.SGD_GROUP_COLUMNS
+    _kernel = "sgd"
     _momentum_key = "momentum"
     _momentum_placeholder = 0.5  # a Nesterov group's momentum must be > 0
     _schedule_columns = (_core.SGD_COLUMNS["lr"], _core.SGD_COLUMNS["momentum"])
@@ -1458,47 +1471,17 @@ class SGD(_FusedOptimizer):
         plan.fresh = fresh
         return plan
 
-    def _set_rounding_steps(self, plan: _Plan) -> None:
+    def _prepare_run(self, plan: _Plan) -> None:
         # bfloat16 buffers rounded stochastically: the group's step count feeds the random bits
         for gi, group in enumerate(self.param_groups):
             if group["state_dtype"] == torch.bfloat16:
                 plan.groups[gi, _SGD_ROUNDING_STEP] = group.setdefault("rounding_step", 0) % (2**32)
-
-    def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
-        self._set_rounding_steps(plan)
-        return _core.sgd_step(
-            plan.table.table,
-            plan.groups,
-            grad_scale,
-            found_inf,
-            coef,
-            plan.schedule_set,
-            plan.schedule_steps,
-        )
-
-    def _apply_schedules_on_host(self, plan: _Plan) -> int:
-        return _core.sgd_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)
 
     def _needs_found_inf(self, plan: _Plan) -> bool:
         # a first step fills new buffers, which enter the state only if it is taken; the
         # rounding step of bfloat16 buffers counts the steps taken
         return bool(plan.fresh) or any(
             group["state_dtype"] == torch.bfloat16 for group in self.param_groups
-        )
-
-    def _launch(
-        self, plan: _Plan, grad_scale: int, found_inf: int, coef: int, stream: int, device: int
-    ) -> None:
-        self._set_rounding_steps(plan)
-        plan.table.backend.sgd_step(
-            plan.table.table,
-            plan.groups,
-            plan.lr_on_device,
-            grad_scale,
-            found_inf,
-            coef,
-            stream,
-            device,
         )
 
     def _after_step(self, plan: _Plan) -> None:
