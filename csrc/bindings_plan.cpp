@@ -312,10 +312,13 @@ class PlanProof {
                 if (PyList_GET_ITEM(params, i) != all_params_[k]) return false;
             }
         }
-        // the grads: a param without a row must have none, a row's param must have one. Reading
+        // One pass over the params, in the groups' order: a param without a row must have no
+        // grad, a row's param must have one, and the row's param and grad are proved while their
+        // objects are at hand (each tensor's metadata lies on a page of its own: visiting it once
+        // a step, not once per column, halves the TLB and cache misses of a cold proof). Reading
         // p.grad walks the param's PyObject, TensorImpl and autograd metadata to the grad's
         // TensorImpl and PyObject: the ones of the params ahead are prefetched (the grad as it
-        // was last time: a hint, never dereferenced here)
+        // was last time: a hint, never dereferenced here).
         const std::size_t n_all = row_of_all_.size();
         for (std::size_t j = 0; j < n_all; ++j) {
             if (j + kPrefetchAhead < n_all) {
@@ -324,7 +327,7 @@ class PlanProof {
                 const std::int64_t ra = row_of_all_[ahead];
                 if (ra >= 0) {
                     prefetch_tensor(index(ra, kColParam));
-                    prefetch(lines_[index(ra, kColGrad)].impl);
+                    prefetch_tensor(index(ra, kColGrad));
                     prefetch(last_grad_[static_cast<std::size_t>(ra)]);
                 }
             }
@@ -334,19 +337,32 @@ class PlanProof {
             if (g == nullptr) return release(fail());
             held_.push_back(py::reinterpret_steal<py::object>(g));
             if ((g == Py_None) != (r < 0)) return release(false);
-            if (r >= 0) {
-                if (wrapped_[r]) {  // the shards the table points into
-                    p = unwrap(p);
-                    g = unwrap(g);
-                    if (p == nullptr || g == nullptr) return release(fail());
-                }
-                hold(index(r, kColParam), p);
-                current_[index(r, kColGrad)] = g;
-                last_grad_[static_cast<std::size_t>(r)] = g;
+            if (r < 0) continue;
+            if (wrapped_[r]) {  // the shards the table points into
+                p = unwrap(p);
+                g = unwrap(g);
+                if (p == nullptr || g == nullptr) return release(fail());
+            }
+            hold(index(r, kColParam), p);
+            current_[index(r, kColGrad)] = g;
+            last_grad_[static_cast<std::size_t>(r)] = g;
+            std::int64_t* row = rows + r * kTableColumns;
+            if (!prove(r, kColParam, p, row) || !prove(r, kColGrad, g, row)) {
+                return release(fail());
             }
         }
-        if (rows_with_state_ > 0 && !collect_state(state)) return release(fail());
-        return release(prove_all(rows));
+        // the states, proved as the state dict's walk finds them
+        if (rows_with_state_ > 0 && !collect_state(state, rows)) return release(fail());
+        // any other column (none in pylr's optimizers: every state column has its key)
+        for (int c = 0; c < n_cols_; ++c) {
+            if (c == kColParam || c == kColGrad || is_keyed_state(c)) continue;
+            for (std::int64_t r = 0; r < n_rows_; ++r) {
+                if (!prove(r, c, current_[index(r, c)], rows + r * kTableColumns)) {
+                    return release(fail());
+                }
+            }
+        }
+        return release(true);
     }
 
   private:
@@ -365,16 +381,19 @@ class PlanProof {
         return false;
     }
 
-    // Every column over every row (current_ holds this step's tensors), prefetching ahead.
+    // Every row, each of its columns in turn (current_ holds this step's tensors): a row's
+    // objects visited together, the rows ahead prefetched.
     bool prove_all(std::int64_t* rows) {
-        for (int c = 0; c < n_cols_; ++c) {
-            if (proofs_[static_cast<std::size_t>(c)] == Proof::None) continue;
-            for (std::int64_t r = 0; r < n_rows_; ++r) {
-                if (r + kPrefetchAhead < n_rows_) {
+        for (std::int64_t r = 0; r < n_rows_; ++r) {
+            if (r + kPrefetchAhead < n_rows_) {
+                for (int c = 0; c < n_cols_; ++c) {
+                    if (proofs_[static_cast<std::size_t>(c)] == Proof::None) continue;
                     const std::size_t ahead = index(r + kPrefetchAhead, c);
                     prefetch(current_[ahead]);
                     prefetch_tensor(ahead);
                 }
+            }
+            for (int c = 0; c < n_cols_; ++c) {
                 if (!prove(r, c, current_[index(r, c)], rows + r * kTableColumns)) return fail();
             }
         }
@@ -444,17 +463,31 @@ class PlanProof {
         return false;
     }
 
-    // Every row's state tensors into current_, found by walking the dict (a Tensor key hashes
-    // in Python): in the order seen at construction while it holds, through a lookup table
-    // where it does not. A row without its state dict, or a key missing, is not current.
-    bool collect_state(const py::handle& state) {
+    bool is_keyed_state(int c) const {
+        return std::find(state_cols_.begin(), state_cols_.end(), c) != state_cols_.end();
+    }
+
+    // The row of the state dict's k-th entry `key`: by position while the order seen at
+    // construction holds, through the lookup table where it does not (-1: not a row's param).
+    std::int64_t row_of_state_entry(std::size_t k, PyObject* key) const {
+        if (k < expected_keys_.size() && key == expected_keys_[k]) return expected_rows_[k];
+        const auto it = row_of_param_.find(key);
+        return it == row_of_param_.end() ? -1 : it->second;
+    }
+
+    // Every row's state tensors, found by walking the dict (a Tensor key hashes in Python) and
+    // proved as they are found (identity and data pointer). A row without its state dict, or a
+    // key missing, is not current.
+    bool collect_state(const py::handle& state, std::int64_t* rows) {
         if (!PyDict_Check(state.ptr())) return false;
         std::int64_t found = 0;
         Py_ssize_t pos = 0;
         std::size_t k = 0;
         PyObject *key = nullptr, *value = nullptr;
-        // a second cursor a few entries ahead prefetches the per-param dicts
+        // a second cursor a few entries ahead prefetches the per-param dicts and the state
+        // tensors of the row expected there
         Py_ssize_t ahead_pos = 0;
+        std::size_t ahead_k = 0;
         PyObject *ahead_key = nullptr, *ahead_value = nullptr;
         // and a third, half as far ahead, the keys table of a dict the second one fetched
         Py_ssize_t near_pos = 0;
@@ -462,6 +495,15 @@ class PlanProof {
         auto look_ahead = [&] {
             if (PyDict_Next(state.ptr(), &ahead_pos, &ahead_key, &ahead_value)) {
                 prefetch(ahead_value);
+                if (ahead_k < expected_keys_.size() && ahead_key == expected_keys_[ahead_k] &&
+                    expected_rows_[ahead_k] >= 0) {
+                    for (int c : state_cols_) {
+                        const std::size_t cell = index(expected_rows_[ahead_k], c);
+                        prefetch(objects_[cell]);
+                        prefetch_tensor(cell);
+                    }
+                }
+                ++ahead_k;
             }
         };
         auto look_near = [&] {
@@ -477,22 +519,17 @@ class PlanProof {
         while (PyDict_Next(state.ptr(), &pos, &key, &value)) {
             look_ahead();
             look_near();
-            std::int64_t r = -1;
-            if (k < expected_keys_.size() && key == expected_keys_[k]) {
-                r = expected_rows_[k];
-            } else {
-                const auto it = row_of_param_.find(key);
-                if (it != row_of_param_.end()) r = it->second;
-            }
-            ++k;
+            const std::int64_t r = row_of_state_entry(k++, key);
             if (r < 0 || !row_has_state(r)) continue;
             if (!PyDict_Check(value)) return false;
+            std::int64_t* row = rows + r * kTableColumns;
             for (int c : state_cols_) {
                 if (objects_[index(r, c)] == nullptr) continue;
                 PyObject* t = PyDict_GetItemWithError(value, keys_[c].ptr());  // borrowed
                 if (t != nullptr && wrapped_[r] && c != kColStep) t = unwrap(t);  // step is plain
                 if (t == nullptr) return false;
                 hold(index(r, c), t);
+                if (!prove(r, c, t, row)) return false;
             }
             ++found;
         }
