@@ -618,6 +618,70 @@ def test_every_instruction_set_computes_the_same(isa):
     assert out.stdout.strip() == isa
 
 
+HALF_STEPS_CODE = """
+import sys, torch, pylr._core as c
+from pylr import optim as PO
+out = {"isa": c.kernel_isa()}
+# sizes around the 16-element blocks half-precision params are converted in
+sizes = [0, 1, 15, 16, 17, 31, 33, 1000, 4099]
+cases = [
+    ("adamw", torch.float16, None), ("adamw", torch.float16, torch.float32),
+    ("adamw", torch.float16, torch.bfloat16), ("amsgrad", torch.float16, torch.float32),
+    ("sgd", torch.float16, None), ("sgd", torch.float16, torch.bfloat16),
+    ("nesterov", torch.float16, torch.float32),
+]
+for name, dtype, state_dtype in cases:
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(n, generator=g).to(dtype).requires_grad_() for n in sizes]
+    kw = {} if state_dtype is None else {"state_dtype": state_dtype}
+    if name == "adamw":
+        opt = PO.AdamW(ps, lr=1e-2, weight_decay=0.1, **kw)
+    elif name == "amsgrad":
+        opt = PO.Adam(ps, lr=1e-2, amsgrad=True, **kw)
+    else:
+        nesterov = name == "nesterov"
+        opt = PO.SGD(ps, lr=1e-2, momentum=0.9, nesterov=nesterov, weight_decay=0.01, **kw)
+    for _ in range(4):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g).to(dtype)
+        opt.step()
+    out[name + str(state_dtype)] = [p.detach().clone() for p in ps] + [
+        t.clone() for st in opt.state.values() for t in st.values() if t.dim() > 0
+    ]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_half_precision_params_step_to_the_same_bits_on_every_instruction_set(tmp_path):
+    """float16 params are widened and narrowed 16 elements at a time with F16C (AVX2) or
+    AVX-512 conversions, elsewhere one element at a time: every set with FMA gives the same
+    bits (the generic set, without FMA, rounds the update differently and is not compared)."""
+    if pylr._core.kernel_isa() != "avx512":
+        pytest.skip("this CPU has no AVX-512 kernels to compare the AVX2 ones with")
+    results = {}
+    for isa in ("avx2", "avx512"):
+        path = tmp_path / f"{isa}.pt"
+        env = dict(os.environ, PYLR_KERNELS=isa)
+        run = subprocess.run(
+            [sys.executable, "-c", HALF_STEPS_CODE, str(path)],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        results[isa] = torch.load(path)
+        assert results[isa].pop("isa") == isa
+    a, b = results["avx2"], results["avx512"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert len(a[key]) == len(b[key])
+        for i, (x, y) in enumerate(zip(a[key], b[key], strict=True)):
+            as_int = {2: torch.int16, 4: torch.int32}[x.element_size()]
+            assert x.dtype == y.dtype and torch.equal(x.view(as_int), y.view(as_int)), (key, i)
+
+
 def test_torch_compile_takes_the_step_as_a_silent_graph_break():
     """Dynamo cannot trace the C++ step; it must run it eagerly without a warning per call."""
     results = []
