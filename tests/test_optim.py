@@ -629,6 +629,7 @@ cases = [
     ("adamw", torch.float16, torch.bfloat16), ("amsgrad", torch.float16, torch.float32),
     ("sgd", torch.float16, None), ("sgd", torch.float16, torch.bfloat16),
     ("nesterov", torch.float16, torch.float32),
+    ("adamw", torch.bfloat16, None),
 ]
 for name, dtype, state_dtype in cases:
     g = torch.Generator().manual_seed(0)
@@ -641,11 +642,15 @@ for name, dtype, state_dtype in cases:
     else:
         nesterov = name == "nesterov"
         opt = PO.SGD(ps, lr=1e-2, momentum=0.9, nesterov=nesterov, weight_decay=0.01, **kw)
+    norms = []
     for _ in range(4):
         for p in ps:
             p.grad = torch.randn(p.shape, generator=g).to(dtype)
+        norms.append(opt.clip_grad_norm_(5.0))  # folded into the step
         opt.step()
-    out[name + str(state_dtype)] = [p.detach().clone() for p in ps] + [
+    out[name + str(dtype) + str(state_dtype)] = [torch.stack(norms)] + [
+        p.detach().clone() for p in ps
+    ] + [
         t.clone() for st in opt.state.values() for t in st.values() if t.dim() > 0
     ]
 torch.save(out, sys.argv[1])
@@ -653,9 +658,10 @@ torch.save(out, sys.argv[1])
 
 
 def test_half_precision_params_step_to_the_same_bits_on_every_instruction_set(tmp_path):
-    """float16 params are widened and narrowed 16 elements at a time with F16C (AVX2) or
-    AVX-512 conversions, elsewhere one element at a time: every set with FMA gives the same
-    bits (the generic set, without FMA, rounds the update differently and is not compared)."""
+    """float16 params (and float16 / bfloat16 grads in the norm of clip_grad_norm_) are widened
+    and narrowed 16 elements at a time with F16C (AVX2) or AVX-512 conversions, elsewhere one
+    element at a time: every set with FMA gives the same bits (the generic set, without FMA,
+    rounds the update differently and is not compared)."""
     if pylr._core.kernel_isa() != "avx512":
         pytest.skip("this CPU has no AVX-512 kernels to compare the AVX2 ones with")
     results = {}
@@ -678,7 +684,7 @@ def test_half_precision_params_step_to_the_same_bits_on_every_instruction_set(tm
     for key in a:
         assert len(a[key]) == len(b[key])
         for i, (x, y) in enumerate(zip(a[key], b[key], strict=True)):
-            as_int = {2: torch.int16, 4: torch.int32}[x.element_size()]
+            as_int = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
             assert x.dtype == y.dtype and torch.equal(x.view(as_int), y.view(as_int)), (key, i)
 
 

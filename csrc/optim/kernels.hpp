@@ -81,7 +81,8 @@ inline void narrow_block(const float* src, T* dst, [[maybe_unused]] const std::u
         return;
 #elif defined(__F16C__)
         for (int k = 0; k < 2; ++k) {
-            const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + 8 * k), _MM_FROUND_TO_NEAREST_INT);
+            const __m256 f = _mm256_loadu_ps(src + 8 * k);
+            const __m128i h = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
             _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 8 * k), h);
         }
         return;
@@ -260,6 +261,20 @@ double norm_loop(const S* __restrict g, std::int64_t n, double p) {
     double acc[kLanes];
     for (int j = 0; j < kLanes; ++j) acc[j] = norm_identity<Kind>();
     std::int64_t i = 0;
+    // half-precision grads widened a block at a time; the same terms in the same order
+    if constexpr (kIsHalf<S> || std::is_same_v<S, BFloat16>) {
+        static_assert(kBlock % kLanes == 0, "a block holds whole rounds of the lanes");
+        for (; i + kBlock <= n; i += kBlock) {
+            float wide[kBlock];
+            widen_block(g + i, wide);
+            for (std::int64_t k = 0; k < kBlock; k += kLanes) {
+                for (int j = 0; j < kLanes; ++j) {
+                    const double x = static_cast<double>(wide[k + j]);
+                    acc[j] = norm_combine<Kind>(acc[j], norm_term<Kind>(x, p));
+                }
+            }
+        }
+    }
     for (; i + kLanes <= n; i += kLanes) {
         for (int j = 0; j < kLanes; ++j) {
             acc[j] = norm_combine<Kind>(acc[j], norm_term<Kind>(static_cast<double>(load(g[i + j])), p));
