@@ -425,9 +425,12 @@ class PlanProof {
         held_.push_back(py::reinterpret_borrow<py::object>(t));
     }
 
+    // Drops this call's references. A tracked object that died meanwhile (Python code run by
+    // a torch method — a torch function mode, a subclass — dropped the last other reference,
+    // or dropping ours did) means the table is not current, whatever the proof found.
     bool release(bool result) {
         held_.clear();
-        return result;
+        return result && !*dead_;
     }
 
     void watch(PyObject* t) {
@@ -522,6 +525,9 @@ class PlanProof {
             const std::int64_t r = row_of_state_entry(k++, key);
             if (r < 0 || !row_has_state(r)) continue;
             if (!PyDict_Check(value)) return false;
+            // the row's dict stays referenced while its tensors are read: a torch method may run
+            // Python code that drops it from the state
+            held_.push_back(py::reinterpret_borrow<py::object>(value));
             std::int64_t* row = rows + r * kTableColumns;
             for (int c : state_cols_) {
                 if (objects_[index(r, c)] == nullptr) continue;

@@ -306,6 +306,15 @@ def _check_no_overlap(
             raise clash(written[j], span)
 
 
+def sealed_step() -> Any:
+    """The context a step's proof and C++ update run in: torch function overrides (modes, and
+    tensor subclasses' Python ``__torch_function__``) are off, so no Python code runs inside the
+    torch methods the proof calls (``data_ptr()``, ...) between proving a pointer and writing
+    through it (such code could free or swap what was just proved). A mode sees pylr's step as
+    it sees a fused torch kernel: from outside. (~0.12 us a step.)"""
+    return torch._C.DisableTorchFunction()
+
+
 class PointerTable:
     """The int64 table the C++ step reads — one row of pointers and sizes per tensor — and the
     proof that it is current.

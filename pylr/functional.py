@@ -36,7 +36,7 @@ import torch
 
 from pylr import _core, _plan
 from pylr import _validate as _check
-from pylr._plan import PointerTable, Proof, check_columns
+from pylr._plan import PointerTable, Proof, check_columns, sealed_step
 
 __all__ = ["adam_", "adamw_", "sgd_"]
 
@@ -244,8 +244,9 @@ def adam_(
         list(max_exp_avg_sqs) if amsgrad and max_exp_avg_sqs is not None else [None] * n,
         list(state_steps),
     ]
-    plan = _adam_table(columns, amsgrad)
-    ok = _run(plan, "adam", groups, grad_scale, found_inf)
+    with sealed_step():
+        plan = _adam_table(columns, amsgrad)
+        ok = _run(plan, "adam", groups, grad_scale, found_inf)
     if ok:
         written = (columns[0], *columns[2:])
         torch._C._increment_version([t for c in written for t in c if t is not None])
@@ -353,23 +354,24 @@ def sgd_(
         list(momentum_buffer_list) if uses_buffers else [None] * n,
     ]
     fresh = [b is None for b in columns[2]] if uses_buffers else [False] * n
-    plan = _sgd_cache.plan
-    if any(fresh) or plan is None or not plan.is_current(columns):
-        _sgd_cache.plan = None
-        check_columns(_SGD_COLUMNS, columns, _labels(n), required=(True, True, False))
-        stepped_on_device = n > 0 and _plan.backend_for(params[0].device) is not None
-        if any(fresh) and stepped_on_device and found_inf is not None:
-            # a skipped first step must create no buffer: read found_inf (one host sync)
-            scalar_ptr(found_inf, "found_inf", params[0].device)
-            if found_inf.item() != 0:
-                return False
-        for i, p in enumerate(params):
-            if fresh[i]:
-                momentum_buffer_list[i] = torch.empty_like(p, memory_format=torch.preserve_format)
-                columns[2][i] = momentum_buffer_list[i]
-        plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
-        _sgd_cache.plan = plan
-    ok = _run(plan, "sgd", groups, grad_scale, found_inf)
+    with sealed_step():
+        plan = _sgd_cache.plan
+        if any(fresh) or plan is None or not plan.is_current(columns):
+            _sgd_cache.plan = None
+            check_columns(_SGD_COLUMNS, columns, _labels(n), required=(True, True, False))
+            stepped_on_device = n > 0 and _plan.backend_for(params[0].device) is not None
+            if any(fresh) and stepped_on_device and found_inf is not None:
+                # a skipped first step must create no buffer: read found_inf (one host sync)
+                scalar_ptr(found_inf, "found_inf", params[0].device)
+                if found_inf.item() != 0:
+                    return False
+            for i, p in enumerate(params):
+                if fresh[i]:
+                    buf = torch.empty_like(p, memory_format=torch.preserve_format)
+                    momentum_buffer_list[i] = columns[2][i] = buf
+            plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
+            _sgd_cache.plan = plan
+        ok = _run(plan, "sgd", groups, grad_scale, found_inf)
     if ok:
         torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
     elif any(fresh):

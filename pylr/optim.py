@@ -41,7 +41,14 @@ from torch.optim import Optimizer
 
 from pylr import _core, _plan
 from pylr import _validate as _check
-from pylr._plan import STATE_DTYPES, PointerTable, Proof, check_columns, scalar_value
+from pylr._plan import (
+    STATE_DTYPES,
+    PointerTable,
+    Proof,
+    check_columns,
+    scalar_value,
+    sealed_step,
+)
 from pylr.functional import adam_group_row, device_index, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
 
@@ -467,13 +474,19 @@ class _FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with sealed_step():
+            self._take_step()
+        return loss
+
+    def _take_step(self) -> None:
+        """The step itself: the plan proved current (or rebuilt), then the C++ update."""
         # a large step wakes the pool while Python prepares it (the last plan tells the size)
         last = self._plan
         _core.prepare_threads(0 if last is None or last.table.backend else last.table.numel)
         plan = self._current_plan()
         if plan is None:
             self._clip = None
-            return loss
+            return
         on_device = plan.table.backend is not None
         try:
             for gi, _ in plan.scheduled:
@@ -514,7 +527,6 @@ class _FusedOptimizer(Optimizer):
             self._discard(plan)  # nothing changed in C++
             self._refuse_schedule(_core.BAD_SCHEDULE - status)
         plan.created = []
-        return loss
 
     def _run_on_device(
         self, plan: _Plan, grad_scale: Any, found_inf: Any, coef: float | torch.Tensor

@@ -12,9 +12,11 @@ import gc
 import os
 import socket
 import weakref
+from typing import ClassVar
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from pylr import _plan
 from pylr import functional as F
@@ -538,3 +540,89 @@ def test_fused_schedule_step_must_be_finite():
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['schedule_step'\]"):
         opt.step()
     assert torch.allclose(p.detach(), torch.full((3,), 0.9))
+
+
+class _EditsStateInside(TorchFunctionMode):
+    """A torch function mode that, the first time a tensor method runs on a state tensor,
+    drops that param's state (and allocates, so freed memory is reused): Python code that a
+    torch method runs between the proof of a pointer and the write through it."""
+
+    def __init__(self, opt, victim):
+        super().__init__()
+        self.opt, self.victim, self.calls = opt, victim, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append(func)
+        if args and any(args[0] is t for t in self.opt.state.get(self.victim, {}).values()):
+            del self.opt.state[self.victim]
+            self.junk = [torch.empty(1000) for _ in range(50)]
+        return func(*args, **(kwargs or {}))
+
+
+class _PythonTorchFunction(torch.Tensor):
+    """A subclass with a Python __torch_function__ (as_subclass keeps plain memory)."""
+
+    seen: ClassVar[list] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.seen.append(func)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["optimizer", "functional"])
+@pytest.mark.parametrize("spec", [ADAM, SGD_MOM], ids=["Adam", "SGD-momentum"])
+def test_no_python_code_runs_inside_the_step(spec, functional):
+    """A torch function mode around step() sees nothing of the step (as of a fused torch kernel):
+    code it would run inside the proof's torch calls could free what was just proved. The step
+    equals torch's, and the closure still runs under the mode."""
+    a, b, ot, op = twins(spec, shapes=((1000,), (1000,), (1000,)))
+    for i in range(3):
+        set_grads(a, b, i)
+        ot.step()
+        mode = _EditsStateInside(op, b[1])
+        with mode:
+            if functional:
+                bufs = [op.state[p].get("momentum_buffer") for p in b]
+                if spec is ADAM:
+                    steps = [op.state[p].setdefault("step", torch.tensor(0.0)) for p in b]
+                    ms = [op.state[p].setdefault("exp_avg", torch.zeros(1000)) for p in b]
+                    vs = [op.state[p].setdefault("exp_avg_sq", torch.zeros(1000)) for p in b]
+                    F.adam_(
+                        b,
+                        [p.grad for p in b],
+                        ms,
+                        vs,
+                        None,
+                        steps,
+                        lr=0.1,
+                        beta1=0.9,
+                        beta2=0.999,
+                        eps=1e-8,
+                        weight_decay=0.0,
+                    )
+                else:
+                    F.sgd_(b, [p.grad for p in b], bufs, lr=0.1, momentum=0.9)
+                    for p, buf in zip(b, bufs, strict=True):
+                        op.state[p]["momentum_buffer"] = buf
+            else:
+                op.step(closure=lambda: torch.zeros(()).sum())
+        assert torch.Tensor.data_ptr not in mode.calls
+        if not functional:
+            assert torch.Tensor.sum in mode.calls  # the closure ran under the mode
+        assert op.state.get(b[1])  # nothing dropped the state
+        assert_same(a, b, ot, op)
+
+
+def test_a_python_torch_function_subclass_param_is_not_called_inside_the_step():
+    a, b, ot, op = twins(ADAM)
+    b2 = [p.detach().as_subclass(_PythonTorchFunction).requires_grad_() for p in b]
+    op = PO.Adam(b2, lr=0.1)
+    for i in range(3):
+        set_grads(a, b2, i)
+        ot.step()
+        _PythonTorchFunction.seen.clear()
+        op.step()
+        assert torch.Tensor.data_ptr not in _PythonTorchFunction.seen
+        for x, y in zip(a, b2, strict=True):
+            torch.testing.assert_close(torch.Tensor(y).detach(), x.detach(), rtol=1e-6, atol=1e-7)
