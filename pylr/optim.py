@@ -633,6 +633,10 @@ class _FusedOptimizer(Optimizer):
             raise ValueError(f"max_norm must be >= 0, got {max_norm!r}")
         if p != p:
             raise ValueError("norm_type must not be NaN")
+        with sealed_step():  # the plan's pointers read as proved (see _take_step)
+            return self._clip_grad_norm(limit, p, error_if_nonfinite)
+
+    def _clip_grad_norm(self, limit: float, p: float, error_if_nonfinite: bool) -> torch.Tensor:
         plan = self._current_plan()
         if plan is None:
             return torch.tensor(0.0)
