@@ -56,9 +56,12 @@ def assert_same(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     if BITWISE:
         assert torch.equal(bits(ours), bits(ref)), f"{what}: not bitwise equal (CPU ISA {ISA})"
     else:
-        # a few ulps of the compute type, at least one of a half-precision storage type
+        # a few ulps of the compute type, at least one of a half-precision storage type; float32
+        # beside bfloat16 state: an element whose update lands on the other side of a rounding
+        # boundary rounds its state one bfloat16 ulp apart, and its param then moves by up to
+        # lr * 2^-8 of a step (seen: 4.3e-5 at lr 1e-2, one element in 196,608)
         tols = {torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-        tol = tols.get(ref.dtype, 1e-5)
+        tol = tols.get(ref.dtype, 1e-4)
         torch.testing.assert_close(ours.double(), ref.double(), rtol=tol, atol=tol, msg=what)
 
 

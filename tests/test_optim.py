@@ -657,6 +657,46 @@ torch.save(out, sys.argv[1])
 """
 
 
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (PO.AdamW, {"lr": 1e-2, "weight_decay": 0.1}),
+        (PO.Adam, {"lr": 1e-2, "amsgrad": True, "state_dtype": torch.float32}),
+        (PO.SGD, {"lr": 1e-2, "momentum": 0.9, "nesterov": True}),
+        (PO.SGD, {"lr": 1e-2, "momentum": 0.9, "state_dtype": torch.float32}),
+    ],
+    ids=["AdamW", "Adam-amsgrad-f32-state", "SGD-nesterov", "SGD-f32-state"],
+)
+def test_float16_blocks_step_as_single_elements(cls, kwargs):
+    """On any instruction set: a float16 tensor of n elements (stepped 16 at a time, the tail one
+    by one) ends bit for bit where the same values as n one-element tensors end (each stepped
+    by the one-element conversions), over steps. (bfloat16 state rounds stochastically with
+    bits salted by each tensor's place: the emulation tests in test_cuda_host cover it.)"""
+    n = 53  # three blocks and a tail
+    gen = torch.Generator().manual_seed(1)
+    init = (torch.randn(n, generator=gen) * 3).to(torch.float16)
+    whole = torch.nn.Parameter(init.clone())
+    single = [torch.nn.Parameter(init[i : i + 1].clone()) for i in range(n)]
+    ow, os_ = cls([whole], **kwargs), cls(single, **kwargs)
+    for _ in range(4):
+        g = torch.randn(n, generator=gen).to(torch.float16)
+        whole.grad = g.clone()
+        for i, p in enumerate(single):
+            p.grad = g[i : i + 1].clone()
+        ow.step()
+        os_.step()
+    as_int = torch.int16
+    assert torch.equal(
+        whole.detach().view(as_int), torch.cat([p.detach() for p in single]).view(as_int)
+    )
+    for key, value in ow.state[whole].items():
+        if value.dim() == 0:
+            continue
+        pieces = torch.cat([os_.state[p][key] for p in single])
+        wide = {2: torch.int16, 4: torch.int32}[value.element_size()]
+        assert torch.equal(value.view(wide), pieces.view(wide)), key
+
+
 def test_half_precision_params_step_to_the_same_bits_on_every_instruction_set(tmp_path):
     """float16 params (and float16 / bfloat16 grads in the norm of clip_grad_norm_) are widened
     and narrowed 16 elements at a time with F16C (AVX2) or AVX-512 conversions, elsewhere one
