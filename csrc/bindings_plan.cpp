@@ -188,6 +188,19 @@ class PlanProof {
             keys_.push_back(key.is_none() ? py::object() : py::reinterpret_borrow<py::object>(key));
             if (proofs_[c] == Proof::State && !key.is_none()) state_cols_.push_back(c);
         }
+        // the optimizer's layout, which verify_optimizer reads: the param and its grad, then
+        // state columns read from the state dict by key (or columns without tensors)
+        if (!group_params.is_none()) {
+            bool layout = n_cols_ > kColGrad && proofs_[kColParam] == Proof::Param &&
+                          proofs_[kColGrad] == Proof::Grad;
+            for (int c = kColGrad + 1; layout && c < n_cols_; ++c) {
+                layout = proofs_[c] == Proof::None || (proofs_[c] == Proof::State && keys_[c]);
+            }
+            if (!layout) {
+                throw py::value_error(
+                    "an optimizer's columns are its param, its grad, then keyed state columns");
+            }
+        }
         // a tracked object's death marks the proof stale (the callback holds only the flag)
         std::shared_ptr<bool> dead = dead_;
         on_death_ = py::cpp_function([dead](py::handle) { *dead = true; });
@@ -351,17 +364,9 @@ class PlanProof {
                 return release(fail());
             }
         }
-        // the states, proved as the state dict's walk finds them
+        // the states (every other column: see the constructor), proved as the state dict's walk
+        // finds them
         if (rows_with_state_ > 0 && !collect_state(state, rows)) return release(fail());
-        // any other column (none in pylr's optimizers: every state column has its key)
-        for (int c = 0; c < n_cols_; ++c) {
-            if (c == kColParam || c == kColGrad || is_keyed_state(c)) continue;
-            for (std::int64_t r = 0; r < n_rows_; ++r) {
-                if (!prove(r, c, current_[index(r, c)], rows + r * kTableColumns)) {
-                    return release(fail());
-                }
-            }
-        }
         return release(true);
     }
 
@@ -464,10 +469,6 @@ class PlanProof {
             if (objects_[index(r, c)] != nullptr) return true;
         }
         return false;
-    }
-
-    bool is_keyed_state(int c) const {
-        return std::find(state_cols_.begin(), state_cols_.end(), c) != state_cols_.end();
     }
 
     // The row of the state dict's k-th entry `key`: by position while the order seen at

@@ -5,8 +5,6 @@ checkpoints, each against torch's same optimizer on the same model and batches."
 from __future__ import annotations
 
 import os
-import socket
-import sys
 import tempfile
 import traceback
 
@@ -14,18 +12,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ranks import free_port, leave_passed_worker
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="torch without gloo"
 )
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, fn_name: str, errors: mp.Queue, tmp: str) -> None:
@@ -40,21 +33,14 @@ def _worker(rank: int, port: int, fn_name: str, errors: mp.Queue, tmp: str) -> N
         raise
     finally:
         dist.destroy_process_group()
-    # A passed worker leaves without interpreter finalisation: gloo's run-loop threads may still
-    # be freeing finished async broadcasts (ZeroRedundancyOptimizer's), whose tensors need the
-    # GIL, and taking it during finalisation aborts the process ("terminate called without an
-    # active exception", torch's own issue, pytorch/pytorch#179291). Everything this test
-    # checks has been checked by now; a failure above still exits through the normal path.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_passed_worker()
 
 
 def run_distributed(fn_name: str) -> None:
     """Run ``fn_name(rank, tmp_dir)`` in WORLD processes; re-raise a worker's failure."""
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         procs = [
             ctx.Process(target=_worker, args=(r, port, fn_name, errors, tmp)) for r in range(WORLD)

@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _ranks import free_port, leave_passed_worker
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
@@ -44,12 +44,6 @@ CE = nn.functional.cross_entropy
 
 # --------------------------------------------------------------------------------------------
 # the runner: WORLD processes, each returning a record
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, port: int, fn_name: str, tmp: str) -> None:
@@ -72,14 +66,7 @@ def _worker(rank: int, port: int, fn_name: str, tmp: str) -> None:
         raise
     finally:
         dist.destroy_process_group()
-    # A passed worker leaves without interpreter finalisation, as test_distributed's: gloo's
-    # threads may still free finished async work whose tensors need the GIL, and taking it
-    # during finalisation aborts the process after everything is done ("terminate called
-    # without an active exception", pytorch/pytorch#179291; seen in CI on the empty-shard test).
-    # A failure above still exits through the normal path.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave_passed_worker()
 
 
 def run_ranks(fn_name: str) -> list[Any]:
@@ -87,7 +74,7 @@ def run_ranks(fn_name: str) -> list[Any]:
     AssertionError with every failing rank's traceback."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         procs = [ctx.Process(target=_worker, args=(r, port, fn_name, tmp)) for r in range(WORLD)]
         for p in procs:
             p.start()
@@ -353,34 +340,21 @@ def test_lr_find_under_ddp_is_one_process_over_the_global_batches(lr_find_runs):
 
 def test_lr_find_accumulation_and_validation_under_ddp(lr_find_runs):
     zero = lr_find_runs[0]
-    opt = lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)  # noqa: E731
-    model = net()
-    ref = lr_find_record(
-        pylr.lr_find(
-            model,
-            global_batches(12),
-            CE,
-            opt(model),
-            accumulation_steps=2,
-            num_iter=5,
-            progress=False,
+
+    def alone(**kwargs):
+        """One process's lr_find over the global batches (both ranks' samples)."""
+        model = net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        found = pylr.lr_find(
+            model, global_batches(12), CE, opt, num_iter=5, progress=False, **kwargs
         )
-    )
-    torch.testing.assert_close(zero["accumulated"]["raw"], ref["raw"], rtol=2e-6, atol=0)
+        return lr_find_record(found)["raw"]
+
+    ref = alone(accumulation_steps=2)
+    torch.testing.assert_close(zero["accumulated"]["raw"], ref, rtol=2e-6, atol=0)
     # the validation loss is the mean over the 50 samples of both shards
-    model = net()
-    ref = lr_find_record(
-        pylr.lr_find(
-            model,
-            global_batches(12),
-            CE,
-            opt(model),
-            val_loader=full_val(),
-            num_iter=5,
-            progress=False,
-        )
-    )
-    torch.testing.assert_close(zero["validated"]["raw"], ref["raw"], rtol=2e-6, atol=0)
+    ref = alone(val_loader=full_val())
+    torch.testing.assert_close(zero["validated"]["raw"], ref, rtol=2e-6, atol=0)
 
 
 def test_lr_find_stops_every_rank_at_a_nan_on_one(lr_find_runs):
