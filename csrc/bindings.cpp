@@ -269,11 +269,14 @@ struct GroupSchedules {
 };
 
 // Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
-// here; pylr/_plan.py built the table from validated tensors.
+// here; pylr/_plan.py built the table from validated tensors. while_updating (a callable, or
+// None) is called once, holding the GIL, for a step that is taken, while the pool's other
+// threads update; an exception it raises is raised once the update is done.
 template <typename Step>
 int run_step(Step step, Table& table, Groups& groups, int group_columns,
              std::uintptr_t grad_scale, std::uintptr_t found_inf, double grad_coef,
-             const GroupSchedules* schedules, const py::object& schedule_steps) {
+             const GroupSchedules* schedules, const py::object& schedule_steps,
+             const py::object& while_updating) {
     check_table(table);
     if (groups.ndim() != 2 || groups.shape(1) != group_columns || !groups.writeable()) {
         throw py::value_error("groups must be a writeable float64 array of shape (g, " +
@@ -297,8 +300,23 @@ int run_step(Step step, Table& table, Groups& groups, int group_columns,
     }
     std::int64_t* t = table.mutable_data();
     const std::int64_t n = table.shape(0);
-    py::gil_scoped_release release;
-    return step(t, n, args);
+    // the GIL released for the step, taken back for while_updating (its error, if any, stays
+    // set on this thread until the step returns)
+    PyThreadState* thread = nullptr;
+    bool raised = false;
+    const std::function<void()> callback = [&] {
+        PyEval_RestoreThread(thread);
+        PyObject* r = PyObject_CallNoArgs(while_updating.ptr());
+        raised = r == nullptr;
+        Py_XDECREF(r);
+        thread = PyEval_SaveThread();
+    };
+    if (!while_updating.is_none()) args.while_updating = &callback;
+    thread = PyEval_SaveThread();
+    const int status = step(t, n, args);
+    PyEval_RestoreThread(thread);
+    if (raised) throw py::error_already_set();
+    return status;
 }
 
 // A step's fused schedules evaluated into its group rows, for a step that runs outside this
@@ -397,25 +415,31 @@ PYBIND11_MODULE(_core, m) {
     m.def(
         "adam_step",
         [](Table& table, Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps) {
+           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps,
+           const py::object& while_updating) {
             return run_step(pylr::optim::adam_step, table, groups, pylr::optim::kAdamGroupColumns,
-                            grad_scale, found_inf, grad_coef, schedules, schedule_steps);
+                            grad_scale, found_inf, grad_coef, schedules, schedule_steps,
+                            while_updating);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
         py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0, py::arg("schedules") = nullptr,
-        py::arg("schedule_steps") = py::none(),
+        py::arg("schedule_steps") = py::none(), py::arg("while_updating") = py::none(),
         "One Adam/AdamW step over a pointer table: STEP_TAKEN, STEP_SKIPPED (found_inf), or "
-        "BAD_SCHEDULE - g when group g's schedule gave an invalid value (nothing modified).");
+        "BAD_SCHEDULE - g when group g's schedule gave an invalid value (nothing modified). "
+        "while_updating() is called once for a step taken, while the pool's other threads "
+        "update.");
     m.def(
         "sgd_step",
         [](Table& table, Groups& groups, std::uintptr_t grad_scale, std::uintptr_t found_inf,
-           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps) {
+           double grad_coef, const GroupSchedules* schedules, const py::object& schedule_steps,
+           const py::object& while_updating) {
             return run_step(pylr::optim::sgd_step, table, groups, pylr::optim::kSgdGroupColumns,
-                            grad_scale, found_inf, grad_coef, schedules, schedule_steps);
+                            grad_scale, found_inf, grad_coef, schedules, schedule_steps,
+                            while_updating);
         },
         py::arg("table").noconvert(), py::arg("groups").noconvert(), py::arg("grad_scale") = 0,
         py::arg("found_inf") = 0, py::arg("grad_coef") = 1.0, py::arg("schedules") = nullptr,
-        py::arg("schedule_steps") = py::none(),
+        py::arg("schedule_steps") = py::none(), py::arg("while_updating") = py::none(),
         "One SGD step over a pointer table; the same results as adam_step.");
     m.def(
         "adam_schedules",

@@ -79,15 +79,17 @@ class ThreadPool {
     explicit ThreadPool(int n_threads) { start_workers(n_threads); }
     ~ThreadPool() { stop_workers(); }
 
-    void run(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers) {
+    void run(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers,
+             const std::function<void()>* caller_first) {
         std::lock_guard<std::mutex> serial(run_mutex_);
         if (workers_.empty() || n_chunks <= 1) {
+            if (caller_first != nullptr) (*caller_first)();
             for (std::size_t i = 0; i < n_chunks; ++i) fn(i);
             return;
         }
         for (std::size_t first = 0; first < n_chunks;) {
             const std::size_t count = std::min(kMaxJobChunks, n_chunks - first);
-            run_job(Job{&fn, first}, count, wake_sleepers);
+            run_job(Job{&fn, first}, count, wake_sleepers, first == 0 ? caller_first : nullptr);
             first += count;
         }
     }
@@ -113,8 +115,10 @@ class ThreadPool {
     }
 
   private:
-    // Posts one job of `count` chunks, takes part in it, and returns when all its chunks are done.
-    void run_job(const Job& job, std::size_t count, bool wake_sleepers) {
+    // Posts one job of `count` chunks, runs caller_first (if any), takes part in the job, and
+    // returns when all its chunks are done.
+    void run_job(const Job& job, std::size_t count, bool wake_sleepers,
+                 const std::function<void()>* caller_first) {
         job_.store(&job, std::memory_order_relaxed);
         done_.store(0, std::memory_order_relaxed);
         ticket_.store(posted_ticket(count), std::memory_order_release);  // posts the job
@@ -131,6 +135,7 @@ class ThreadPool {
                 wake_.notify_all();
             }
         }
+        if (caller_first != nullptr) (*caller_first)();  // the workers take chunks meanwhile
         const std::size_t by_others = count - work_on();
         // chunks claimed by other threads and still running
         for (unsigned spins = 0; done_.load(std::memory_order_acquire) != by_others; ++spins) {
@@ -262,8 +267,9 @@ ThreadPool& pool() {
 
 }  // namespace
 
-void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers) noexcept {
-    pool().run(n_chunks, fn, wake_sleepers);
+void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers,
+                  const std::function<void()>* caller_first) noexcept {
+    pool().run(n_chunks, fn, wake_sleepers, caller_first);
 }
 
 int get_num_threads() noexcept { return pool().size(); }

@@ -21,7 +21,11 @@ constexpr std::size_t kWakeMinElements = std::size_t{1} << 20;
 // Returns when all chunks are done, with everything they wrote visible to the caller. fn must not
 // throw, nor call parallel_for itself. Safe to call from several threads (calls serialise).
 // With wake_sleepers false, sleeping workers are left asleep (the caller does their share).
-void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers = true) noexcept;
+// caller_first, where given, runs exactly once on the calling thread before it takes chunks: with
+// workers, once the job is posted, so that its work overlaps theirs; alone, before the chunks.
+// It must not throw, nor call parallel_for.
+void parallel_for(std::size_t n_chunks, const ChunkFn& fn, bool wake_sleepers = true,
+                  const std::function<void()>* caller_first = nullptr) noexcept;
 
 // Wakes idle workers so that they are spinning when a parallel_for over `elements` elements
 // comes shortly after (call it before preparing a step in Python; it overlaps the OS wake-up

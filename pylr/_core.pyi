@@ -1,5 +1,7 @@
 """Typed stubs of pylr's C++ extension (pylr._core). Users call pylr.schedules instead."""
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 
@@ -37,13 +39,21 @@ def adam_step(
     groups: npt.NDArray[np.float64],
     grad_scale: int = 0,
     found_inf: int = 0,
-) -> bool: ...
+    grad_coef: float = 1.0,
+    schedules: object | None = None,
+    schedule_steps: npt.NDArray[np.float64] | None = None,
+    while_updating: Callable[[], object] | None = None,
+) -> int: ...
 def sgd_step(
     table: npt.NDArray[np.int64],
     groups: npt.NDArray[np.float64],
     grad_scale: int = 0,
     found_inf: int = 0,
-) -> bool: ...
+    grad_coef: float = 1.0,
+    schedules: object | None = None,
+    schedule_steps: npt.NDArray[np.float64] | None = None,
+    while_updating: Callable[[], object] | None = None,
+) -> int: ...
 def roofline_step(table: npt.NDArray[np.int64], n_states: int) -> None: ...
 def kernel_isa() -> str: ...
 def prepare_threads(elements: int) -> None: ...

@@ -27,6 +27,7 @@ SGD, per element::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -70,18 +71,29 @@ def adam_group_row(
     )
 
 
-def _run(plan: Any, kernel: str, groups: np.ndarray, grad_scale: Any, found_inf: Any) -> bool:
+def _run(
+    plan: Any,
+    kernel: str,
+    groups: np.ndarray,
+    grad_scale: Any,
+    found_inf: Any,
+    written: list[torch.Tensor],
+) -> bool:
     """One ``kernel`` ("adam" or "sgd") step over ``plan``'s table: the CPU's in this thread,
     or launched on the device's current stream. False when AMP's ``found_inf`` skipped it (on
-    the CPU; a device reads it in the kernels)."""
+    the CPU; a device reads it in the kernels). A step taken bumps the version counters of the
+    ``written`` tensors (on the CPU while the pool's other threads update)."""
     device, backend = plan.device, plan.backend
     gs = scalar_ptr(grad_scale, "grad_scale", device)
     fi = scalar_ptr(found_inf, "found_inf", device)
+    bump = functools.partial(torch._C._increment_version, written)
     if backend is None:
-        return _core.STEP_TAKEN == getattr(_core, f"{kernel}_step")(plan.table, groups, gs, fi)
+        step = getattr(_core, f"{kernel}_step")
+        return _core.STEP_TAKEN == step(plan.table, groups, gs, fi, while_updating=bump)
     getattr(backend, f"{kernel}_step")(
         plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
     )
+    bump()
     return True
 
 
@@ -246,11 +258,8 @@ def adam_(
     ]
     with sealed_step():
         plan = _adam_table(columns, amsgrad)
-        ok = _run(plan, "adam", groups, grad_scale, found_inf)
-    if ok:
-        written = (columns[0], *columns[2:])
-        torch._C._increment_version([t for c in written for t in c if t is not None])
-    return ok
+        written = [t for c in (columns[0], *columns[2:]) for t in c if t is not None]
+        return _run(plan, "adam", groups, grad_scale, found_inf, written)
 
 
 def adamw_(
@@ -371,10 +380,9 @@ def sgd_(
                     momentum_buffer_list[i] = columns[2][i] = buf
             plan = PointerTable(columns, [0] * n, _SGD_PROOFS, first_step=fresh)
             _sgd_cache.plan = plan
-        ok = _run(plan, "sgd", groups, grad_scale, found_inf)
-    if ok:
-        torch._C._increment_version([*columns[0], *(b for b in columns[2] if b is not None)])
-    elif any(fresh):
+        written = [*columns[0], *(b for b in columns[2] if b is not None)]
+        ok = _run(plan, "sgd", groups, grad_scale, found_inf, written)
+    if not ok and any(fresh):
         # skipped (found_inf): the buffers made for this call were never filled; the caller's
         # list gets its None entries back, and the table that points at them goes
         _sgd_cache.plan = None

@@ -91,9 +91,14 @@ void visit_range(const std::int64_t* table, std::int64_t n_rows, std::int64_t be
 
 // Runs visit(row_index, begin, end) over every tensor segment of the element range of each
 // chunk; chunks are cut regardless of tensor boundaries and spread over the pool.
+// caller_first: see parallel_for (it runs even where there is nothing to visit).
 template <typename Visit>
-void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit) {
-    if (n_rows == 0) return;
+void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit,
+                      const std::function<void()>* caller_first = nullptr) {
+    if (n_rows == 0) {
+        if (caller_first != nullptr) (*caller_first)();
+        return;
+    }
     const std::int64_t total = total_elements(table, n_rows);
     const std::int64_t threads = get_num_threads();
     // a multiple of the thread count, so that equal shares stay possible
@@ -108,10 +113,11 @@ void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visi
         visit_range(table, n_rows, begin, end, visit);
     };
     if (n_chunks == 1) {
+        if (caller_first != nullptr) (*caller_first)();
         run_chunk(0);
     } else {
         parallel_for(static_cast<std::size_t>(n_chunks), run_chunk,
-                     static_cast<std::size_t>(total) >= kWakeMinElements);
+                     static_cast<std::size_t>(total) >= kWakeMinElements, caller_first);
     }
 }
 
@@ -219,7 +225,7 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
                                         g[kAdamWeightDecay],
                                         (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, step);
         adam(seg);
-    });
+    }, args.while_updating);
     return kStepTaken;
 }
 
@@ -247,7 +253,7 @@ int sgd_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) noe
         seg.scalars = {(g[kSgdMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, g[kSgdWeightDecay],
                        g[kSgdMomentum], g[kSgdDampening], g[kSgdLr]};
         sgd(seg);
-    });
+    }, args.while_updating);
     clear_filled_first_steps(table, n_rows, groups);
     return kStepTaken;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "schedule.hpp"
 
@@ -53,6 +54,10 @@ struct StepArgs {
     // written into the group's row before the update.
     const ScheduleNode* const* schedules = nullptr;
     const double* schedule_steps = nullptr;
+    // Where given, run once on the calling thread for a step that is taken, while the pool's
+    // other threads update (autograd's version bump over the params: bookkeeping that no longer
+    // waits for the update). Must not throw, nor touch the step's tensors' data.
+    const std::function<void()>* while_updating = nullptr;
 };
 
 // A step's outcome: taken, skipped for AMP's found_inf (nothing modified), or refused because

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -94,9 +95,25 @@ struct Caller {
         const std::uint32_t call = g_next_call_id.fetch_add(1);
         const std::thread::id caller = std::this_thread::get_id();
         std::atomic<std::uint64_t> by_workers{0};
+        // a caller_first in a third of the jobs: it must run once, on the caller, before the
+        // caller's first chunk; sometimes for a while, so that workers take chunks meanwhile
+        const bool with_first = random.below(3) == 0;
+        const unsigned first_ns = random.below(2) == 0 ? 20000 : 0;
+        unsigned first_runs = 0;  // plain: only the caller touches it
+        const std::function<void()> first = [&, call] {
+            if (std::this_thread::get_id() != caller) fail("call %u: caller_first on a worker", call);
+            if (active_call.load() != call) fail("call %u: caller_first outside its call", call);
+            ++first_runs;
+            const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(first_ns);
+            while (std::chrono::steady_clock::now() < until) {
+            }
+        };
         active_call.store(call);
         const pylr::ChunkFn fn = [&, call, n](std::size_t chunk) {
             if (active_call.load() != call) fail("call %u: a chunk ran outside its call", call);
+            if (with_first && std::this_thread::get_id() == caller && first_runs != 1) {
+                fail("call %u: the caller took a chunk before caller_first", call);
+            }
             if (chunk >= n) {
                 fail("call %u: chunk %zu of %zu chunks", call, chunk, n);
                 return;
@@ -113,8 +130,11 @@ struct Caller {
             }
             if (entered) leave_call();
         };
-        pylr::parallel_for(n, fn, wake_sleepers);
+        pylr::parallel_for(n, fn, wake_sleepers, with_first ? &first : nullptr);
         active_call.store(0);
+        if (with_first && first_runs != 1) {
+            fail("call %u: caller_first ran %u times", call, first_runs);
+        }
         for (std::size_t c = 0; c < n; ++c) {
             if (runs[c] != 1) {
                 fail("call %u: chunk %zu of %zu ran %u times", call, c, n, runs[c]);

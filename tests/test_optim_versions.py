@@ -1,0 +1,153 @@
+"""A step tells autograd it changed the params (their version counters), as torch's in-place
+updates do, and only when it changed them.
+
+pylr bumps the versions on the calling thread while the pool's other threads update (see
+``_FusedOptimizer._run``): these tests hold it to "once the step returns, a graph that saved a
+param before the step refuses to backward; a skipped or refused step leaves it usable", on one
+thread and on two, through the optimizers and the functional API.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pylr
+from pylr import _core
+from pylr import functional as F
+from pylr import optim as PO
+from pylr import schedules as S
+
+# large enough that the update is split into chunks the pool's threads share
+N = 1 << 18
+
+MODIFIED = "modified by an inplace operation"
+
+MAKERS = {
+    "SGD": lambda ps: PO.SGD(ps, lr=0.1),
+    "SGD momentum": lambda ps: PO.SGD(ps, lr=0.1, momentum=0.9),
+    "Adam": lambda ps: PO.Adam(ps, lr=0.1),
+    "AdamW": lambda ps: PO.AdamW(ps, lr=0.1),
+}
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request: pytest.FixtureRequest):
+    before = pylr.get_num_threads()
+    pylr.set_num_threads(request.param)
+    yield request.param
+    pylr.set_num_threads(before)
+
+
+def _params(sizes: tuple[int, ...] = (N, 7, N + 3)) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randn(n, generator=g, requires_grad=True) for n in sizes]
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g)
+    return ps
+
+
+def _saved_graph(ps: list[torch.Tensor]) -> torch.Tensor:
+    """A loss whose backward needs every param's value as it was (x * x saves x)."""
+    return sum((p * p).sum() for p in ps)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_a_step_taken_bumps_every_param_once(name: str, threads: int):
+    ps = _params()
+    opt = MAKERS[name](ps)
+    for step in range(3):  # the first step (plan built, state created) and the cached ones
+        loss = _saved_graph(ps)
+        before = [p._version for p in ps]
+        opt.step()
+        assert [p._version for p in ps] == [v + 1 for v in before], step
+        with pytest.raises(RuntimeError, match=MODIFIED):
+            loss.backward()
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_a_skipped_step_bumps_nothing(name: str, threads: int):
+    ps = _params()
+    opt = MAKERS[name](ps)
+    opt.step()
+    opt.grad_scale = torch.ones(())
+    opt.found_inf = torch.ones(())
+    loss = _saved_graph(ps)
+    before = [(p._version, p.detach().clone()) for p in ps]
+    opt.step()  # found_inf: skipped
+    for p, (v, value) in zip(ps, before, strict=True):
+        assert p._version == v and torch.equal(p.detach(), value)
+    loss.backward()  # the saved values are current
+
+
+def test_a_refused_step_bumps_nothing(threads: int):
+    ps = _params()
+    opt = PO.SGD(ps, lr=1.0, schedule=S.Constant(-0.5))
+    loss = _saved_graph(ps)
+    before = [p._version for p in ps]
+    with pytest.raises(ValueError, match="nothing was changed"):
+        opt.step()
+    assert [p._version for p in ps] == before
+    loss.backward()
+
+
+def test_functional_steps_bump_the_tensors_they_write(threads: int):
+    ps = _params()
+    grads = [p.grad for p in ps]
+    exp_avgs = [torch.zeros_like(p) for p in ps]
+    exp_avg_sqs = [torch.zeros_like(p) for p in ps]
+    steps = [torch.zeros(()) for _ in ps]
+    with torch.no_grad():
+        written = [*ps, *exp_avgs, *exp_avg_sqs, *steps]
+        before = [t._version for t in written]
+        assert F.adamw_(ps, grads, exp_avgs, exp_avg_sqs, None, steps, lr=0.1)
+        assert [t._version for t in written] == [v + 1 for v in before]
+
+        bufs: list[torch.Tensor | None] = [None] * len(ps)
+        before = [p._version for p in ps]
+        assert F.sgd_(ps, grads, bufs, lr=0.1, momentum=0.9)
+        assert [p._version for p in ps] == [v + 1 for v in before]
+        written = [*ps, *bufs]
+        before = [t._version for t in written]  # type: ignore[union-attr]
+        assert F.sgd_(ps, grads, bufs, lr=0.1, momentum=0.9)  # the cached table
+        assert [t._version for t in written] == [v + 1 for v in before]  # type: ignore[union-attr]
+
+        before = [p._version for p in ps]
+        assert not F.sgd_(ps, grads, bufs, lr=0.1, found_inf=torch.ones(()))
+        assert [p._version for p in ps] == before
+
+
+def _stepped_sgd() -> tuple[PO.SGD, list[torch.Tensor]]:
+    ps = _params()
+    opt = PO.SGD(ps, lr=0.5)
+    opt.step()
+    return opt, ps
+
+
+def test_while_updating_runs_once_for_a_step_taken_and_never_for_one_skipped(threads: int):
+    opt, _ = _stepped_sgd()
+    plan = opt._plan
+    calls: list[int] = []
+    status = _core.sgd_step(plan.table.table, plan.groups, while_updating=lambda: calls.append(1))
+    assert status == _core.STEP_TAKEN and calls == [1]
+    found = torch.ones(())
+    status = _core.sgd_step(
+        plan.table.table, plan.groups, 0, found.data_ptr(), while_updating=lambda: calls.append(2)
+    )
+    assert status == _core.STEP_SKIPPED and calls == [1]
+
+
+def test_an_error_in_while_updating_is_raised_once_the_update_is_done(threads: int):
+    opt, ps = _stepped_sgd()
+    plan = opt._plan
+    before = [p.detach().clone() for p in ps]
+
+    def fails() -> None:
+        raise KeyError("raised while updating")
+
+    with pytest.raises(KeyError, match="raised while updating"):
+        _core.sgd_step(plan.table.table, plan.groups, while_updating=fails)
+    lr = opt.param_groups[0]["lr"]
+    for p, b in zip(ps, before, strict=True):  # the whole update ran: p -= lr * grad
+        torch.testing.assert_close(p.detach(), b - lr * p.grad, rtol=0, atol=1e-6)
+    opt.step()  # and the next step runs as usual
