@@ -101,10 +101,13 @@ struct Caller {
         const unsigned first_ns = random.below(2) == 0 ? 20000 : 0;
         unsigned first_runs = 0;  // plain: only the caller touches it
         const std::function<void()> first = [&, call] {
-            if (std::this_thread::get_id() != caller) fail("call %u: caller_first on a worker", call);
+            if (std::this_thread::get_id() != caller) {
+                fail("call %u: caller_first ran on a worker", call);
+            }
             if (active_call.load() != call) fail("call %u: caller_first outside its call", call);
             ++first_runs;
-            const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(first_ns);
+            const auto until =
+                std::chrono::steady_clock::now() + std::chrono::nanoseconds(first_ns);
             while (std::chrono::steady_clock::now() < until) {
             }
         };
