@@ -91,7 +91,9 @@ void visit_range(const std::int64_t* table, std::int64_t n_rows, std::int64_t be
 
 // Runs visit(row_index, begin, end) over every tensor segment of the element range of each
 // chunk; chunks are cut regardless of tensor boundaries and spread over the pool.
-// caller_first: see parallel_for (it runs even where there is nothing to visit).
+// Each chunk visits with a copy of `visit` of its own (a visitor may keep what it computed for
+// one segment for the next ones of its chunk). caller_first: see parallel_for (it runs even where
+// there is nothing to visit).
 template <typename Visit>
 void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visit,
                       const std::function<void()>* caller_first = nullptr) {
@@ -110,7 +112,8 @@ void for_each_segment(const std::int64_t* table, std::int64_t n_rows, Visit visi
         const std::int64_t begin = ci == 0 ? 0 : (total * ci / n_chunks) / kAlign * kAlign;
         const std::int64_t end =
             ci + 1 == n_chunks ? total : (total * (ci + 1) / n_chunks) / kAlign * kAlign;
-        visit_range(table, n_rows, begin, end, visit);
+        Visit chunk_visit = visit;
+        visit_range(table, n_rows, begin, end, chunk_visit);
     };
     if (n_chunks == 1) {
         if (caller_first != nullptr) (*caller_first)();
@@ -204,7 +207,14 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
     const double inv_scale = inverse_scale(args);
     const double* groups = args.groups;
     const auto adam = kernels().adam;
-    for_each_segment(table, n_rows, [&](std::int64_t i, std::int64_t b, std::int64_t e) {
+    // a row's scalars (three pow calls) are those of the chunk's previous segment where that
+    // was of the same group at the same step: the usual case, every row of a group stepped alike
+    struct LastScalars {
+        const double* group = nullptr;
+        double step = 0.0;
+        AdamStepScalars scalars{};
+    };
+    auto visit = [&, last = LastScalars{}](std::int64_t i, std::int64_t b, std::int64_t e) mutable {
         const std::int64_t* r = row(table, i);
         const double* g = groups + r[kColGroup] * kAdamGroupColumns;
         const auto dtype = static_cast<DType>(r[kColDType]);
@@ -221,11 +231,17 @@ int adam_step(std::int64_t* table, std::int64_t n_rows, const StepArgs& args) no
         seg.max_exp_avg_sq = advance(ptr<void>(r, kColState2), b, state_dtype);
         seg.decoupled = g[kAdamDecoupled] != 0.0;
         seg.amsgrad = g[kAdamAmsgrad] != 0.0;
-        seg.scalars = adam_step_scalars(g[kAdamLr], g[kAdamBeta1], g[kAdamBeta2], g[kAdamEps],
-                                        g[kAdamWeightDecay],
-                                        (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, step);
+        if (g != last.group || !(step == last.step)) {
+            last.group = g;
+            last.step = step;
+            last.scalars = adam_step_scalars(
+                g[kAdamLr], g[kAdamBeta1], g[kAdamBeta2], g[kAdamEps], g[kAdamWeightDecay],
+                (g[kAdamMaximize] != 0.0 ? -1.0 : 1.0) * inv_scale, step);
+        }
+        seg.scalars = last.scalars;
         adam(seg);
-    }, args.while_updating);
+    };
+    for_each_segment(table, n_rows, visit, args.while_updating);
     return kStepTaken;
 }
 
