@@ -82,17 +82,21 @@ def _run(
     """One ``kernel`` ("adam" or "sgd") step over ``plan``'s table: the CPU's in this thread,
     or launched on the device's current stream. False when AMP's ``found_inf`` skipped it (on
     the CPU; a device reads it in the kernels). A step taken bumps the version counters of the
-    ``written`` tensors (on the CPU while the pool's other threads update)."""
+    ``written`` tensors: a large CPU step while the pool's other threads update, else after."""
     device, backend = plan.device, plan.backend
     gs = scalar_ptr(grad_scale, "grad_scale", device)
     fi = scalar_ptr(found_inf, "found_inf", device)
     bump = functools.partial(torch._C._increment_version, written)
     if backend is None:
         step = getattr(_core, f"{kernel}_step")
-        return _core.STEP_TAKEN == step(plan.table, groups, gs, fi, while_updating=bump)
-    getattr(backend, f"{kernel}_step")(
-        plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
-    )
+        if plan.numel >= _core.WAKE_MIN_ELEMENTS:
+            return _core.STEP_TAKEN == step(plan.table, groups, gs, fi, while_updating=bump)
+        if step(plan.table, groups, gs, fi) != _core.STEP_TAKEN:
+            return False
+    else:
+        getattr(backend, f"{kernel}_step")(
+            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
+        )
     bump()
     return True
 

@@ -1062,11 +1062,13 @@ class _FusedOptimizer(Optimizer):
         """Per-step values the step reads beyond the group rows (SGD: bfloat16 rounding steps)."""
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
-        """The CPU step. Where it is taken, the params' versions are bumped on this thread while
-        the pool's other threads update (at 4000 params ~0.9 ms of cold reads that no longer
-        wait for the update)."""
+        """The CPU step; a step taken bumps the params' versions. A large one bumps them on this
+        thread while the pool's other threads update (at 4000 params ~0.9 ms of cold reads that
+        no longer wait for the update); a small one after it (a call from C++ back into Python
+        costs more than it hides there)."""
         self._prepare_run(plan)
-        return self._core_step(
+        overlap = plan.table.numel >= _core.WAKE_MIN_ELEMENTS
+        status = self._core_step(
             plan.table.table,
             plan.groups,
             grad_scale,
@@ -1074,8 +1076,11 @@ class _FusedOptimizer(Optimizer):
             coef,
             plan.schedule_set,
             plan.schedule_steps,
-            functools.partial(_bump_versions, plan),
+            functools.partial(_bump_versions, plan) if overlap else None,
         )
+        if status == _core.STEP_TAKEN and not overlap:
+            _bump_versions(plan)
+        return status
 
     def _apply_schedules_on_host(self, plan: _Plan) -> int:
         return self._core_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)

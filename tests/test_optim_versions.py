@@ -18,8 +18,10 @@ from pylr import functional as F
 from pylr import optim as PO
 from pylr import schedules as S
 
-# large enough that the update is split into chunks the pool's threads share
-N = 1 << 18
+# a large step (>= WAKE_MIN_ELEMENTS in all: the versions are bumped while the pool's other threads
+# update) and a small one (bumped after the update)
+N = 1 << 19
+SIZES = {"large": (N, 7, N + 3), "small": (7, 33, 5)}
 
 MODIFIED = "modified by an inplace operation"
 
@@ -33,13 +35,19 @@ MAKERS = {
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def threads(request: pytest.FixtureRequest):
+    assert sum(SIZES["large"]) >= _core.WAKE_MIN_ELEMENTS > sum(SIZES["small"])
     before = pylr.get_num_threads()
     pylr.set_num_threads(request.param)
     yield request.param
     pylr.set_num_threads(before)
 
 
-def _params(sizes: tuple[int, ...] = (N, 7, N + 3)) -> list[torch.Tensor]:
+@pytest.fixture(params=list(SIZES))
+def sizes(request: pytest.FixtureRequest) -> tuple[int, ...]:
+    return SIZES[request.param]
+
+
+def _params(sizes: tuple[int, ...]) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ps = [torch.randn(n, generator=g, requires_grad=True) for n in sizes]
     for p in ps:
@@ -53,8 +61,8 @@ def _saved_graph(ps: list[torch.Tensor]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", MAKERS)
-def test_a_step_taken_bumps_every_param_once(name: str, threads: int):
-    ps = _params()
+def test_a_step_taken_bumps_every_param_once(name: str, threads: int, sizes: tuple[int, ...]):
+    ps = _params(sizes)
     opt = MAKERS[name](ps)
     for step in range(3):  # the first step (plan built, state created) and the cached ones
         loss = _saved_graph(ps)
@@ -66,8 +74,8 @@ def test_a_step_taken_bumps_every_param_once(name: str, threads: int):
 
 
 @pytest.mark.parametrize("name", MAKERS)
-def test_a_skipped_step_bumps_nothing(name: str, threads: int):
-    ps = _params()
+def test_a_skipped_step_bumps_nothing(name: str, threads: int, sizes: tuple[int, ...]):
+    ps = _params(sizes)
     opt = MAKERS[name](ps)
     opt.step()
     opt.grad_scale = torch.ones(())
@@ -80,8 +88,8 @@ def test_a_skipped_step_bumps_nothing(name: str, threads: int):
     loss.backward()  # the saved values are current
 
 
-def test_a_refused_step_bumps_nothing(threads: int):
-    ps = _params()
+def test_a_refused_step_bumps_nothing(threads: int, sizes: tuple[int, ...]):
+    ps = _params(sizes)
     opt = PO.SGD(ps, lr=1.0, schedule=S.Constant(-0.5))
     loss = _saved_graph(ps)
     before = [p._version for p in ps]
@@ -91,8 +99,8 @@ def test_a_refused_step_bumps_nothing(threads: int):
     loss.backward()
 
 
-def test_functional_steps_bump_the_tensors_they_write(threads: int):
-    ps = _params()
+def test_functional_steps_bump_the_tensors_they_write(threads: int, sizes: tuple[int, ...]):
+    ps = _params(sizes)
     grads = [p.grad for p in ps]
     exp_avgs = [torch.zeros_like(p) for p in ps]
     exp_avg_sqs = [torch.zeros_like(p) for p in ps]
@@ -117,15 +125,17 @@ def test_functional_steps_bump_the_tensors_they_write(threads: int):
         assert [p._version for p in ps] == before
 
 
-def _stepped_sgd() -> tuple[PO.SGD, list[torch.Tensor]]:
-    ps = _params()
+def _stepped_sgd(sizes: tuple[int, ...]) -> tuple[PO.SGD, list[torch.Tensor]]:
+    ps = _params(sizes)
     opt = PO.SGD(ps, lr=0.5)
     opt.step()
     return opt, ps
 
 
-def test_while_updating_runs_once_for_a_step_taken_and_never_for_one_skipped(threads: int):
-    opt, _ = _stepped_sgd()
+def test_while_updating_runs_once_for_a_step_taken_and_never_for_one_skipped(
+    threads: int, sizes: tuple[int, ...]
+):
+    opt, _ = _stepped_sgd(sizes)
     plan = opt._plan
     calls: list[int] = []
     status = _core.sgd_step(plan.table.table, plan.groups, while_updating=lambda: calls.append(1))
@@ -137,8 +147,10 @@ def test_while_updating_runs_once_for_a_step_taken_and_never_for_one_skipped(thr
     assert status == _core.STEP_SKIPPED and calls == [1]
 
 
-def test_an_error_in_while_updating_is_raised_once_the_update_is_done(threads: int):
-    opt, ps = _stepped_sgd()
+def test_an_error_in_while_updating_is_raised_once_the_update_is_done(
+    threads: int, sizes: tuple[int, ...]
+):
+    opt, ps = _stepped_sgd(sizes)
     plan = opt._plan
     before = [p.detach().clone() for p in ps]
 
