@@ -626,3 +626,60 @@ def test_a_python_torch_function_subclass_param_is_not_called_inside_the_step():
         assert torch.Tensor.data_ptr not in _PythonTorchFunction.seen
         for x, y in zip(a, b2, strict=True):
             torch.testing.assert_close(torch.Tensor(y).detach(), x.detach(), rtol=1e-6, atol=1e-7)
+
+
+class _SwapsStateWhenCollected:
+    """Cyclic garbage whose finaliser replaces a param's state tensors by zeros (the old ones are
+    freed): it logs whether it ran inside a sealed step (torch function overrides off there)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, p: torch.Tensor, log: list[bool]) -> None:
+        self.cycle = self
+        self.opt, self.p, self.log = opt, p, log
+
+    def __del__(self) -> None:
+        self.log.append(torch._C._is_torch_function_enabled())
+        zero_state(self.opt, self.p)
+
+
+def zero_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> None:
+    state = opt.state[p]
+    for k, v in list(state.items()):
+        if k != "step" and isinstance(v, torch.Tensor):
+            state[k] = torch.zeros_like(v)
+
+
+@pytest.mark.parametrize("spec", [ADAM, SGD_MOM], ids=["Adam", "SGD-momentum"])
+def test_no_finaliser_runs_between_the_proof_and_the_update(spec, monkeypatch):
+    """The garbage collector is paused inside the step: a collection that pylr's own allocations
+    would trigger between the proof and the update (here forced there, where the clip
+    coefficient is read) would run a finaliser that frees the state just proved. It runs after
+    the step instead, and the step equals torch's with the same edit made after torch's step."""
+    a, b, ot, op = twins(spec, shapes=((1000,), (1000,), (1000,)))
+    set_grads(a, b, 0)
+    ot.step()
+    op.step()
+    pending = type(op)._pending_clip
+
+    def collect_here(self, plan, *, clipping=False):  # allocations that trigger a collection
+        gc.set_threshold(1)
+        _ = [[] for _ in range(50)]
+        return pending(self, plan, clipping=clipping)
+
+    monkeypatch.setattr(type(op), "_pending_clip", collect_here)
+    thresholds = gc.get_threshold()
+    try:
+        for i in range(1, 4):
+            set_grads(a, b, i)
+            log: list[bool] = []
+            gc.collect()
+            gc.set_threshold(10**6)
+            _SwapsStateWhenCollected(op, b[1], log)  # garbage, found by the next collection
+            ot.step()
+            op.step()
+            gc.set_threshold(*thresholds)
+            gc.collect()
+            assert log == [True]  # the finaliser ran, outside the sealed step
+            zero_state(ot, a[1])
+            assert_same(a, b, ot, op)
+    finally:
+        gc.set_threshold(*thresholds)
