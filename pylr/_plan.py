@@ -324,16 +324,18 @@ class sealed_step:
     __slots__ = ("_collecting", "_torch_function")
 
     def __enter__(self) -> None:
-        self._collecting = gc.isenabled()
-        if self._collecting:
-            gc.disable()
         self._torch_function = torch._C.DisableTorchFunction()
         self._torch_function.__enter__()
+        self._collecting = gc.isenabled()  # off already: a sealed step inside one, or the user's
+        if self._collecting:
+            gc.disable()
 
     def __exit__(self, *exc: object) -> None:
-        self._torch_function.__exit__(*exc)
-        if self._collecting:
-            gc.enable()
+        try:
+            self._torch_function.__exit__(*exc)
+        finally:  # then a finaliser due runs as it would outside the step: under any mode
+            if self._collecting:
+                gc.enable()
 
 
 class PointerTable:

@@ -683,3 +683,23 @@ def test_no_finaliser_runs_between_the_proof_and_the_update(spec, monkeypatch):
             assert_same(a, b, ot, op)
     finally:
         gc.set_threshold(*thresholds)
+
+
+def test_the_seal_restores_the_collector_as_it_found_it():
+    assert gc.isenabled()
+    with _plan.sealed_step():
+        assert not gc.isenabled() and not torch._C._is_torch_function_enabled()
+        with _plan.sealed_step():  # nested: the outer one turns it back on
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled() and torch._C._is_torch_function_enabled()
+    with pytest.raises(KeyError), _plan.sealed_step():
+        raise KeyError("inside")
+    assert gc.isenabled() and torch._C._is_torch_function_enabled()
+    gc.disable()  # the user's choice stays
+    try:
+        with _plan.sealed_step():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
