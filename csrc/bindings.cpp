@@ -252,6 +252,11 @@ py::array_t<double> fill_from_steps(const ScheduleNode& node, const StepArray& s
     return out.reshape(std::vector<py::ssize_t>(steps.shape(), steps.shape() + steps.ndim()));
 }
 
+// Sealed steps running now, in all threads (changed only under the GIL), and whether the garbage
+// collector was on when the first of them began.
+std::int64_t g_sealed_steps = 0;
+bool g_collector_was_on = false;
+
 using Table = py::array_t<std::int64_t, py::array::c_style>;
 using Groups = py::array_t<double, py::array::c_style>;
 
@@ -271,7 +276,10 @@ struct GroupSchedules {
 // Runs one optimizer step over a pointer table (see optim/cpu.hpp). Only shapes are checked
 // here; pylr/_plan.py built the table from validated tensors. while_updating (a callable, or
 // None) is called once, holding the GIL, for a step that is taken, while the pool's other
-// threads update; an exception it raises is raised once the update is done.
+// threads update; an exception it raises is raised once the update is done. It runs while this
+// thread holds the pool (no other thread holding the GIL may wait for the pool: set_num_threads
+// lets the GIL go first), and must not start a step itself: pylr passes a C function (no
+// bytecode runs, so no Python signal handler either).
 template <typename Step>
 int run_step(Step step, Table& table, Groups& groups, int group_columns,
              std::uintptr_t grad_scale, std::uintptr_t found_inf, double grad_coef,
@@ -568,7 +576,17 @@ PYBIND11_MODULE(_core, m) {
     m.def("get_num_threads", &pylr::get_num_threads,
           "Threads the pool uses, the caller included.");
     m.attr("MAX_THREADS") = pylr::kMaxThreads;
+    // without the GIL: it waits for a running step, whose while_updating may need the GIL
     m.def("set_num_threads", &pylr::set_num_threads, py::arg("n"),
+          py::call_guard<py::gil_scoped_release>(),
           "Sets the pool's thread count (clamped to [1, MAX_THREADS]); returns the count it now "
           "has, fewer where the system refused more threads.");
+    // The garbage collector paused while any sealed step runs (pylr._plan.sealed_step), in any
+    // thread: a count of the steps sealed, under the GIL, and whether it was on before the first.
+    m.def("pause_collector", [] {
+        if (g_sealed_steps++ == 0) g_collector_was_on = PyGC_Disable() != 0;
+    }, "The garbage collector off while a sealed step runs (paired with resume_collector).");
+    m.def("resume_collector", [] {
+        if (g_sealed_steps > 0 && --g_sealed_steps == 0 && g_collector_was_on) PyGC_Enable();
+    }, "The garbage collector back on once the last sealed step is done, if it was on before.");
 }

@@ -23,7 +23,6 @@ and ``pylr.functional`` alike.
 
 from __future__ import annotations
 
-import gc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -315,27 +314,26 @@ class sealed_step:
     - torch function overrides (modes, and tensor subclasses' Python ``__torch_function__``) are
       off, so none runs inside the torch methods the proof calls (``data_ptr()``, ...). A mode
       sees pylr's step as it sees a fused torch kernel: from outside.
-    - the garbage collector is paused (where it was on), so that no finaliser (``__del__``, a
-      weak-reference callback of an object in a cycle) runs from a collection that pylr's own
-      allocations trigger between the proof and the update.
+    - the garbage collector is paused, so that no finaliser (``__del__``, a weak-reference
+      callback of an object in a cycle) runs from a collection that pylr's own allocations
+      trigger between the proof and the update. The pause is counted across threads (C++, under
+      the GIL): the collector is back on once no thread is inside a sealed step, if it was on
+      when the first began (a ``gc.disable()`` made by another thread meanwhile is undone then).
 
     ~0.25 us a step."""
 
-    __slots__ = ("_collecting", "_torch_function")
+    __slots__ = ("_torch_function",)
 
     def __enter__(self) -> None:
         self._torch_function = torch._C.DisableTorchFunction()
         self._torch_function.__enter__()
-        self._collecting = gc.isenabled()  # off already: a sealed step inside one, or the user's
-        if self._collecting:
-            gc.disable()
+        _core.pause_collector()
 
     def __exit__(self, *exc: object) -> None:
         try:
             self._torch_function.__exit__(*exc)
         finally:  # then a finaliser due runs as it would outside the step: under any mode
-            if self._collecting:
-                gc.enable()
+            _core.resume_collector()
 
 
 class PointerTable:

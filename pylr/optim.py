@@ -152,13 +152,11 @@ def _as_float(value: Any) -> float:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
-def _bump_versions(plan: _Plan) -> None:
-    """A taken step's in-place change, told to autograd: the version counters that guard tensors
-    saved for backward, the params' (and DTensor params' local shards'; the optimizer's own state
-    never enters a graph)."""
-    torch._C._increment_version(plan.params)
-    if plan.shards:
-        torch._C._increment_version(plan.shards)
+def _versioned(plan: _Plan) -> list[torch.Tensor]:
+    """The tensors whose version counters a taken step bumps — autograd's guard of tensors saved
+    for backward: the params (and DTensor params' local shards; the optimizer's own state never
+    enters a graph)."""
+    return plan.params + plan.shards if plan.shards else plan.params
 
 
 class _Plan:
@@ -517,7 +515,7 @@ class _FusedOptimizer(Optimizer):
             status = self._run(plan, grad_scale, found_inf, coef)  # bumps the versions too
         if status == _core.STEP_TAKEN:
             if on_device:
-                _bump_versions(plan)
+                torch._C._increment_version(_versioned(plan))
             self._after_step(plan)
             # the values the fused schedules gave this step, shown in the groups
             lr_col, momentum_col = self._schedule_columns
@@ -1065,9 +1063,11 @@ class _FusedOptimizer(Optimizer):
         """The CPU step; a step taken bumps the params' versions. A large one bumps them on this
         thread while the pool's other threads update (at 4000 params ~0.9 ms of cold reads that
         no longer wait for the update); a small one after it (a call from C++ back into Python
-        costs more than it hides there)."""
+        costs more than it hides there). The bump is torch's C function itself: no bytecode
+        (and so no Python signal handler) runs while the pool writes."""
         self._prepare_run(plan)
         overlap = plan.table.numel >= _core.WAKE_MIN_ELEMENTS
+        bump = functools.partial(torch._C._increment_version, _versioned(plan))
         status = self._core_step(
             plan.table.table,
             plan.groups,
@@ -1076,10 +1076,10 @@ class _FusedOptimizer(Optimizer):
             coef,
             plan.schedule_set,
             plan.schedule_steps,
-            functools.partial(_bump_versions, plan) if overlap else None,
+            bump if overlap else None,
         )
         if status == _core.STEP_TAKEN and not overlap:
-            _bump_versions(plan)
+            bump()
         return status
 
     def _apply_schedules_on_host(self, plan: _Plan) -> int:

@@ -11,6 +11,7 @@ import copy
 import gc
 import os
 import socket
+import threading
 import weakref
 from typing import ClassVar
 
@@ -703,3 +704,31 @@ def test_the_seal_restores_the_collector_as_it_found_it():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_collector_stays_paused_while_any_thread_is_in_a_sealed_step():
+    """Steps sealed in two threads at once: the first to finish leaves the collector off for the
+    other, and the last turns it back on."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> None:
+        with _plan.sealed_step():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second() -> None:
+        a_in.wait(10)
+        with _plan.sealed_step():
+            b_in.set()
+            a_out.wait(10)
+            seen["inside the second after the first left"] = gc.isenabled()
+        seen["after both"] = gc.isenabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"inside the second after the first left": False, "after both": True}

@@ -9,6 +9,11 @@ thread and on two, through the optimizers and the functional API.
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -163,3 +168,56 @@ def test_an_error_in_while_updating_is_raised_once_the_update_is_done(
     for p, b in zip(ps, before, strict=True):  # the whole update ran: p -= lr * grad
         torch.testing.assert_close(p.detach(), b - lr * p.grad, rtol=0, atol=1e-6)
     opt.step()  # and the next step runs as usual
+
+
+def test_the_bump_inside_the_update_runs_no_bytecode(monkeypatch):
+    """What runs while the pool writes is torch's C function itself: no Python frame, so no
+    Python signal handler (which could free a state tensor being written) runs there."""
+    ps = _params(SIZES["large"])
+    opt = PO.AdamW(ps, lr=0.1)
+    seen = []
+    step = type(opt)._core_step
+
+    def spy(*args):
+        seen.append(args[-1])
+        return step(*args)
+
+    monkeypatch.setattr(type(opt), "_core_step", staticmethod(spy))
+    opt.step()
+    opt.step()
+    assert len(seen) == 2
+    for bump in seen:
+        assert isinstance(bump, functools.partial)
+        assert bump.func is torch._C._increment_version and not bump.keywords
+        assert bump.args[0] == ps
+
+
+def test_set_num_threads_from_another_thread_waits_for_a_large_step():
+    """A step of >= WAKE_MIN_ELEMENTS takes the GIL back inside the update (for the version
+    bump) while it holds the pool; set_num_threads, which waits for the pool, lets the GIL go
+    first (before, the two threads waited for each other forever)."""
+    script = textwrap.dedent(
+        f"""
+        import threading
+        import torch, pylr, pylr.optim
+        pylr.set_num_threads(2)
+        p = torch.nn.Parameter(torch.zeros({2 * _core.WAKE_MIN_ELEMENTS}))
+        p.grad = torch.ones_like(p)
+        opt = pylr.optim.Adam([p], lr=1e-3)
+        stop = False
+        def resize():
+            while not stop:
+                pylr.set_num_threads(2)
+        t = threading.Thread(target=resize)
+        t.start()
+        for _ in range(100):
+            opt.step()
+        stop = True
+        t.join()
+        print("done")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
