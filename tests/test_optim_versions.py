@@ -217,7 +217,7 @@ def test_set_num_threads_from_another_thread_waits_for_a_large_step():
         print("done")
         """
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    out = subprocess.run(  # from "/", where the source tree's pylr (without _core) is not found
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, cwd="/"
     )
     assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]
