@@ -193,16 +193,21 @@ Lines lines_of(PyObject* t) {
 // prefetchers' reach.
 constexpr std::int64_t kPrefetchAhead = 8;
 
-// Where in torch's objects the fields sit that `data_ptr()` reads (the first thing the proof
-// asks of every tensor): TensorImpl + 0x10 its storage pointer, + 0xa0 its dtype, offset and
-// element count; StorageImpl + 0x10 the data pointer, + 0x3b the flags it checks. Found in
-// torch 2.13's THPVariable_data_ptr (perf annotate: its two stalls were the loads at +0xa0
-// and +0x3b). These four lines, measured cold at 4000 params x 4096 (A/B in alternating
-// processes): proof 3.4-5.2 -> 2.1-2.5 ms. Each object's first lines instead (the earlier hint),
-// or one line more, measured slower, and so did the same four issued from a loop the compiler
-// kept. Another torch's layout costs only speed: a hint is never dereferenced.
-constexpr std::ptrdiff_t kImplLines[] = {0x10, 0xa0};
-constexpr std::ptrdiff_t kStorageLines[] = {0x10, 0x3b};
+// Where in torch's objects the fields sit that the proof's first reads load. data_ptr():
+// TensorImpl + 0x10 its storage pointer, + 0xa0 its dtype, offset and element count;
+// StorageImpl + 0x10 the data pointer, + 0x3b the flags it checks. p.grad: the grad's TensorImpl
+// + 0x30, where it finds the grad's PyObject (on another line than + 0x10 for three alignments
+// in four). Found in torch 2.13's THPVariable_data_ptr and THPVariable_Wrap (perf annotate: their
+// stalls were the loads at + 0xa0, + 0x3b and + 0x30). Measured cold at 4000 params x 4096 (A/B
+// in alternating processes): proof 3.4-5.2 -> 2.1-2.5 ms with the data_ptr() lines, 2.5-3.0 ->
+// 2.3-2.6 ms with the grad's. Each object's first lines instead (the earlier hint), or one line
+// more, measured slower, and so did the same prefetches issued from a loop the compiler kept.
+// Another torch's layout costs only speed: a hint is never dereferenced.
+constexpr std::ptrdiff_t kImplStorage = 0x10;
+constexpr std::ptrdiff_t kImplDtype = 0xa0;
+constexpr std::ptrdiff_t kImplPyObject = 0x30;
+constexpr std::ptrdiff_t kStorageData = 0x10;
+constexpr std::ptrdiff_t kStorageFlags = 0x3b;
 
 inline void prefetch(const void* p) {
     if (p != nullptr) __builtin_prefetch(p);
@@ -460,27 +465,25 @@ class PlanProof {
     }
 
     // The lines of a cell's TensorImpl and StorageImpl (as the plan saw them) that data_ptr()
-    // reads first (see kImplLines, kStorageLines).
+    // reads (see kImplStorage).
     void prefetch_tensor(std::size_t cell) const {
         const Lines& l = lines_[cell];
         if (l.impl != nullptr) {
             const char* impl = static_cast<const char*>(l.impl);
-            __builtin_prefetch(impl + kImplLines[0]);
-            __builtin_prefetch(impl + kImplLines[1]);
+            __builtin_prefetch(impl + kImplStorage);
+            __builtin_prefetch(impl + kImplDtype);
         }
         if (l.storage != nullptr) {
             const char* storage = static_cast<const char*>(l.storage);
-            __builtin_prefetch(storage + kStorageLines[0]);
-            __builtin_prefetch(storage + kStorageLines[1]);
+            __builtin_prefetch(storage + kStorageData);
+            __builtin_prefetch(storage + kStorageFlags);
         }
     }
 
-    // The line of a grad's TensorImpl where p.grad finds the grad's PyObject (+ 0x30, torch
-    // 2.13's THPVariable_Wrap stall; on another line than + 0x10 for three alignments in four):
-    // cold proof 2.5-3.0 -> 2.3-2.6 ms at 4000 params (A/B).
+    // The line of a grad's TensorImpl where p.grad finds the grad's PyObject.
     void prefetch_grad_object(std::size_t cell) const {
         const Lines& l = lines_[cell];
-        if (l.impl != nullptr) __builtin_prefetch(static_cast<const char*>(l.impl) + 0x30);
+        if (l.impl != nullptr) __builtin_prefetch(static_cast<const char*>(l.impl) + kImplPyObject);
     }
 
     // A DTensor's local shard (a new reference, kept in held_), or null with an error set.

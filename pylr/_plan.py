@@ -306,6 +306,21 @@ def _check_no_overlap(
             raise clash(written[j], span)
 
 
+def step_and_bump(step: Any, numel: int, bump: Any, *args: Any) -> int:
+    """``step(*args)`` — ``_core.adam_step`` or ``sgd_step`` over a table of ``numel`` elements —
+    and, for a step taken, ``bump()``: autograd's version counters of what it wrote. A large step
+    (>= ``WAKE_MIN_ELEMENTS``) bumps them on this thread while the pool's other threads update (at
+    4000 params ~0.9 ms of cold reads that no longer wait for the update); a small one after it
+    (the call from C++ back into Python costs more than it hides there). ``bump`` must be a C
+    function (a ``functools.partial`` of ``torch._C._increment_version``): no bytecode, and so no
+    Python signal handler, may run while the pool writes."""
+    overlap = numel >= _core.WAKE_MIN_ELEMENTS
+    status = step(*args, while_updating=bump if overlap else None)
+    if status == _core.STEP_TAKEN and not overlap:
+        bump()
+    return status
+
+
 # lower case: it is called as a function, ``with sealed_step():``
 class sealed_step:
     """The context a step's proof and C++ update run in, so that no user Python code runs between

@@ -37,7 +37,7 @@ import torch
 
 from pylr import _core, _plan
 from pylr import _validate as _check
-from pylr._plan import PointerTable, Proof, check_columns, sealed_step
+from pylr._plan import PointerTable, Proof, check_columns, sealed_step, step_and_bump
 
 __all__ = ["adam_", "adamw_", "sgd_"]
 
@@ -89,14 +89,10 @@ def _run(
     bump = functools.partial(torch._C._increment_version, written)
     if backend is None:
         step = getattr(_core, f"{kernel}_step")
-        if plan.numel >= _core.WAKE_MIN_ELEMENTS:
-            return _core.STEP_TAKEN == step(plan.table, groups, gs, fi, while_updating=bump)
-        if step(plan.table, groups, gs, fi) != _core.STEP_TAKEN:
-            return False
-    else:
-        getattr(backend, f"{kernel}_step")(
-            plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
-        )
+        return _core.STEP_TAKEN == step_and_bump(step, plan.numel, bump, plan.table, groups, gs, fi)
+    getattr(backend, f"{kernel}_step")(
+        plan.table, groups, None, gs, fi, 0, backend.stream(device), device_index(device)
+    )
     bump()
     return True
 

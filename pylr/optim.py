@@ -48,6 +48,7 @@ from pylr._plan import (
     check_columns,
     scalar_value,
     sealed_step,
+    step_and_bump,
 )
 from pylr.functional import adam_group_row, device_index, scalar_ptr, sgd_group_row
 from pylr.schedules import Schedule, from_dict
@@ -1060,15 +1061,12 @@ class _FusedOptimizer(Optimizer):
         """Per-step values the step reads beyond the group rows (SGD: bfloat16 rounding steps)."""
 
     def _run(self, plan: _Plan, grad_scale: int, found_inf: int, coef: float) -> int:
-        """The CPU step; a step taken bumps the params' versions. A large one bumps them on this
-        thread while the pool's other threads update (at 4000 params ~0.9 ms of cold reads that
-        no longer wait for the update); a small one after it (a call from C++ back into Python
-        costs more than it hides there). The bump is torch's C function itself: no bytecode
-        (and so no Python signal handler) runs while the pool writes."""
+        """The CPU step; a step taken bumps the params' versions (see ``step_and_bump``)."""
         self._prepare_run(plan)
-        overlap = plan.table.numel >= _core.WAKE_MIN_ELEMENTS
-        bump = functools.partial(torch._C._increment_version, _versioned(plan))
-        status = self._core_step(
+        return step_and_bump(
+            self._core_step,
+            plan.table.numel,
+            functools.partial(torch._C._increment_version, _versioned(plan)),
             plan.table.table,
             plan.groups,
             grad_scale,
@@ -1076,11 +1074,7 @@ class _FusedOptimizer(Optimizer):
             coef,
             plan.schedule_set,
             plan.schedule_steps,
-            bump if overlap else None,
         )
-        if status == _core.STEP_TAKEN and not overlap:
-            bump()
-        return status
 
     def _apply_schedules_on_host(self, plan: _Plan) -> int:
         return self._core_schedules(plan.groups, plan.schedule_set, plan.schedule_steps)

@@ -178,9 +178,9 @@ def test_the_bump_inside_the_update_runs_no_bytecode(monkeypatch):
     seen = []
     step = type(opt)._core_step
 
-    def spy(*args):
-        seen.append(args[-1])
-        return step(*args)
+    def spy(*args, while_updating=None):
+        seen.append(while_updating)
+        return step(*args, while_updating=while_updating)
 
     monkeypatch.setattr(type(opt), "_core_step", staticmethod(spy))
     opt.step()
